@@ -1,0 +1,1 @@
+"""Episodes built from trajectory files: state images, state vectors, actions and splits."""

@@ -1,0 +1,1 @@
+"""Driving policies trained by unrolling the forward model under uncertainty costs."""
