@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""One command line over the whole project. Run ``python run.py COMMAND --help``.
+
+Commands:
+  generate   write synthetic I-80-like traffic as NGSIM trajectory files
+  inspect    summarise a trajectory file (real NGSIM or generated)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _commands():
+    from traffic_sim import commands as tc
+
+    return {
+        "generate": (tc.GenerateConfig, lambda c: print(f"wrote {tc.generate_command(c)}")),
+        "inspect": (tc.InspectConfig, lambda c: print(tc.inspect_command(c))),
+    }
+
+
+def main(argv=None) -> int:
+    from traffic_sim.cli_util import UserError, add_config_arguments, config_from_args
+
+    commands = _commands()
+    parser = argparse.ArgumentParser(
+        prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (config_cls, _) in commands.items():
+        p = sub.add_parser(name, help=config_cls.__doc__.splitlines()[0],
+                           description=config_cls.__doc__)
+        add_config_arguments(p, config_cls)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    config_cls, action = commands[args.command]
+    try:
+        action(config_from_args(config_cls, args))
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
