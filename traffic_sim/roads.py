@@ -67,12 +67,17 @@ class Road:
         return max(lane.right for lane in self.lanes)
 
     def lane_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """NGSIM lane id of each point (x, y) [m], 0 where the point is off the road."""
+        """NGSIM lane id of each point (x, y) [m], 0 where the point is off the road.
+
+        Lanes that reach an end of the study area are taken to go on beyond it."""
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
         out = np.zeros(np.broadcast(x, y).shape, dtype=np.int16)
         for lane in self.lanes:
-            inside = (x >= lane.left) & (x < lane.right) & (y >= lane.y_start) & (y <= lane.y_end)
+            # Lanes that reach an end of the study area go on beyond it.
+            y0 = -np.inf if lane.y_start <= 0.0 else lane.y_start
+            y1 = np.inf if lane.y_end >= self.length else lane.y_end
+            inside = (x >= lane.left) & (x < lane.right) & (y >= y0) & (y <= y1)
             out[inside & (out == 0)] = lane.lane_id
         return out
 

@@ -1,0 +1,236 @@
+"""A recorded traffic scene indexed by frame, as a struct of arrays.
+
+All vehicles at frame ``f`` are the slice ``rows_of_frame(f)`` of the row arrays, sorted by
+longitudinal position, so replay, rendering and collision checks are vectorised slices and
+searches, never scans. Tracks (one recorded vehicle each) are also kept in time order with
+their kinematic state (heading, speed) and the actions that reproduce them.
+
+Coordinates are those of the NGSIM local frame in metres: ``x`` lateral (to the right),
+``y`` longitudinal (direction of travel); positions are front centres, as in the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .roads import Road, road_for
+
+DT = 0.1  # [s] frame period
+HISTORY = 20  # [frames] conditioning history of an episode (2 s)
+SMOOTH_FRAMES_REAL = 15  # [frames] rolling-mean window for noisy real NGSIM positions
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test, by vehicle
+SPLITS = ("train", "val", "test")
+
+
+def _directions(x, y, track_start, n):
+    """Unit heading of each row from the displacement to the next row of its track.
+
+    Rows where the car does not move (and each track's last row) take the heading of the
+    next movement, or the last one when none follows, so a stopped car keeps the heading it
+    will leave with: the kinematic model cannot turn on the spot.
+    """
+    dx = np.zeros(n)
+    dy = np.zeros(n)
+    dx[:-1] = x[1:] - x[:-1]
+    dy[:-1] = y[1:] - y[:-1]
+    last = np.append(track_start[1:] - 1, n - 1)
+    dx[last] = 0.0
+    dy[last] = 0.0
+    dist = np.hypot(dx, dy)
+    moving = dist > 1e-6
+    track_of_row = np.repeat(np.arange(len(track_start)), np.diff(np.append(track_start, n)))
+    ux = pd.Series(np.where(moving, dx / np.where(moving, dist, 1.0), np.nan))
+    uy = pd.Series(np.where(moving, dy / np.where(moving, dist, 1.0), np.nan))
+    ux = ux.groupby(track_of_row).bfill().groupby(track_of_row).ffill()
+    uy = uy.groupby(track_of_row).bfill().groupby(track_of_row).ffill()
+    ux = ux.fillna(0.0).to_numpy()
+    uy = uy.fillna(1.0).to_numpy()  # a track that never moves faces down the road
+    speed = dist / DT  # [m/s] forward-difference speed (0 on each track's last row)
+    return ux, uy, speed
+
+
+def infer_actions(x, y, ux, uy, speed, track_start, n):
+    """Actions (acceleration [m/s^2], steering [1/m]) that move each row's state to the next
+    row's through the kinematic model of :func:`traffic_sim.kinematics.step`; zero on each
+    track's last row."""
+    acc = np.zeros(n)
+    steer = np.zeros(n)
+    acc[:-1] = (speed[1:] - speed[:-1]) / DT
+    # Heading change expressed as tan(angle) along the right-hand normal (uy, -ux).
+    along = ux[:-1] * ux[1:] + uy[:-1] * uy[1:]
+    across = uy[:-1] * ux[1:] - ux[:-1] * uy[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = across / along
+        steer[:-1] = np.where(speed[:-1] > 1e-9, k / (speed[:-1] * DT), 0.0)
+    last = np.append(track_start[1:] - 1, n - 1)
+    acc[last] = 0.0
+    steer[last] = 0.0
+    return acc, steer
+
+
+def _fill_gaps(df: pd.DataFrame) -> pd.DataFrame:
+    """Linearly interpolate the missing frames inside each track (gaps of a few frames)."""
+    span = df.groupby("track_id")["frame"].agg(["min", "max", "size"])
+    gappy = span.index[(span["max"] - span["min"] + 1) != span["size"]]
+    if len(gappy) == 0:
+        return df
+    parts = [df[~df["track_id"].isin(gappy)]]
+    for track in gappy:
+        rows = df[df["track_id"] == track].set_index("frame")
+        full = rows.reindex(np.arange(rows.index.min(), rows.index.max() + 1))
+        numeric = full.select_dtypes("number").columns
+        full[numeric] = full[numeric].interpolate(method="index")
+        full = full.ffill()
+        parts.append(full.rename_axis("frame").reset_index())
+    out = pd.concat(parts, ignore_index=True)
+    for col in df.columns:
+        if col in out and out[col].dtype != df[col].dtype:
+            out[col] = out[col].astype(df[col].dtype)
+    return out
+
+
+@dataclass
+class Scene:
+    """One location's recorded traffic, frame-indexed. Build it with :meth:`from_table`."""
+
+    road: Road
+    location: str
+    n_frames: int
+    frame_start: np.ndarray  # (F+1,) row range of each frame in the row arrays
+    # Row arrays, sorted by (frame, y).
+    frame: np.ndarray
+    track: np.ndarray
+    x: np.ndarray  # [m] front centre, lateral
+    y: np.ndarray  # [m] front centre, longitudinal
+    ux: np.ndarray  # heading unit vector, lateral component
+    uy: np.ndarray  # heading unit vector, longitudinal component
+    length: np.ndarray  # [m]
+    width: np.ndarray  # [m]
+    key: np.ndarray  # frame * KEY_STRIDE + y, for window searches
+    # Track arrays: rows of each track in time order are tr_* [tr_start[k]:tr_start[k+1]].
+    tr_start: np.ndarray
+    tr_frame: np.ndarray
+    tr_x: np.ndarray
+    tr_y: np.ndarray
+    tr_ux: np.ndarray
+    tr_uy: np.ndarray
+    tr_speed: np.ndarray  # [m/s] forward-difference speed
+    tr_acc: np.ndarray  # [m/s^2] inferred action
+    tr_steer: np.ndarray  # [1/m] inferred action
+    track_length: np.ndarray  # (K,) [m] vehicle length
+    track_width: np.ndarray  # (K,) [m]
+    track_vehicle_id: np.ndarray  # (K,) NGSIM Vehicle_ID
+    episodes: dict  # split name -> array of track indices usable as episodes
+
+    KEY_STRIDE = 10000.0  # [m] larger than any road
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.track_length)
+
+    def rows_of_frame(self, f: int) -> slice:
+        return slice(self.frame_start[f], self.frame_start[f + 1])
+
+    def track_rows(self, k: int) -> slice:
+        return slice(self.tr_start[k], self.tr_start[k + 1])
+
+    @property
+    def success_y(self) -> float:
+        """[m] front position that counts as arriving at the end of the study area: the
+        look-ahead of a state image before the exit edge, so the image stays inside the data."""
+        from .raster import LOOK_AHEAD
+
+        return self.road.length - LOOK_AHEAD
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, location: str | None = None, road: Road | None = None,
+                   smooth: int | None = None, split_seed: int = 0) -> "Scene":
+        """Build the scene of one location from a canonical trajectory table.
+
+        ``smooth``: rolling-mean window [frames] for positions; default 15 for real NGSIM
+        locations and none for synthetic traffic.
+        """
+        locations = sorted(map(str, pd.unique(table["location"])))
+        if location is None:
+            if len(locations) != 1:
+                raise ValueError(f"the table holds several locations {locations}: choose one")
+            location = locations[0]
+        df = table[table["location"].astype(str) == location]
+        if df.empty:
+            raise ValueError(f"no rows for location {location!r} (have {locations})")
+        road = road or road_for(location)
+        if smooth is None:
+            smooth = 0 if location.startswith("synthetic") else SMOOTH_FRAMES_REAL
+        cols = ["track_id", "vehicle_id", "frame", "global_time", "x", "y", "length", "width"]
+        df = df[cols].copy()
+        # One time axis for the whole location, also across files: Global_Time.
+        t0 = df["global_time"].min()
+        df["frame"] = ((df["global_time"] - t0 + 50) // 100).astype(np.int64)
+        df = df.drop(columns="global_time").sort_values(["track_id", "frame"], kind="stable")
+        df = df.drop_duplicates(["track_id", "frame"])
+        df = _fill_gaps(df)
+        df = df.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
+        if smooth and smooth > 1:
+            g = df.groupby("track_id")[["x", "y"]]
+            sm = g.rolling(smooth, center=True, min_periods=1).mean().reset_index(level=0, drop=True)
+            df[["x", "y"]] = sm.sort_index()
+        # Renumber tracks 0..K-1 in order of appearance.
+        codes, uniques = pd.factorize(df["track_id"], sort=True)
+        df["track_id"] = codes
+        n = len(df)
+        tr = df["track_id"].to_numpy()
+        tr_start = np.flatnonzero(np.r_[True, tr[1:] != tr[:-1]])
+        x = df["x"].to_numpy(float)
+        y = df["y"].to_numpy(float)
+        ux, uy, speed = _directions(x, y, tr_start, n)
+        acc, steer = infer_actions(x, y, ux, uy, speed, tr_start, n)
+        firsts = df.iloc[tr_start]
+        track_length = firsts["length"].to_numpy(float)
+        track_width = firsts["width"].to_numpy(float)
+        track_vehicle_id = firsts["vehicle_id"].to_numpy()
+        tr_frame = df["frame"].to_numpy()
+        tr_start_full = np.append(tr_start, n)
+
+        # Frame-major copy.
+        order = np.lexsort((y, tr_frame))
+        frame = tr_frame[order]
+        n_frames = int(frame.max()) + 1
+        frame_start = np.searchsorted(frame, np.arange(n_frames + 1))
+        scene = cls(
+            road=road, location=location, n_frames=n_frames, frame_start=frame_start,
+            frame=frame, track=tr[order], x=x[order], y=y[order], ux=ux[order], uy=uy[order],
+            length=df["length"].to_numpy(float)[order], width=df["width"].to_numpy(float)[order],
+            key=frame * cls.KEY_STRIDE + y[order],
+            tr_start=tr_start_full, tr_frame=tr_frame, tr_x=x, tr_y=y, tr_ux=ux, tr_uy=uy,
+            tr_speed=speed, tr_acc=acc, tr_steer=steer, track_length=track_length,
+            track_width=track_width, track_vehicle_id=track_vehicle_id, episodes={},
+        )
+        scene.episodes = scene._split_episodes(split_seed)
+        return scene
+
+    def _split_episodes(self, seed: int) -> dict:
+        """Tracks usable as episodes (20 frames of history, then reaching the success line),
+        split 80/10/10 by vehicle with a seeded permutation of the sorted track list."""
+        counts = np.diff(self.tr_start)
+        last_y = self.tr_y[self.tr_start[1:] - 1]
+        usable = np.flatnonzero((counts > HISTORY) & (last_y >= self.success_y))
+        start_y = self.tr_y[self.tr_start[usable] + HISTORY - 1]
+        usable = usable[start_y < self.success_y]
+        perm = np.random.default_rng(seed).permutation(len(usable))
+        n_train = int(round(SPLIT_FRACTIONS[0] * len(usable)))
+        n_val = int(round(SPLIT_FRACTIONS[1] * len(usable)))
+        shuffled = usable[perm]
+        return {
+            "train": np.sort(shuffled[:n_train]),
+            "val": np.sort(shuffled[n_train:n_train + n_val]),
+            "test": np.sort(shuffled[n_train + n_val:]),
+            "all": usable,
+        }
+
+    def episode_start(self, k: int) -> int:
+        """Row (in track order) where the episode of track k hands over to the policy: the
+        last of its first 20 frames."""
+        return int(self.tr_start[k] + HISTORY - 1)
