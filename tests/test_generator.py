@@ -43,10 +43,11 @@ def test_free_car_reaches_its_desired_speed():
     assert gen.veh.v[car] == pytest.approx(25.0, abs=0.5)
 
 
-def _lane_change_scene(follower_y):
+def _lane_change_scene(follower_y, **overrides):
     """Car at 100 m in lane index 2 stuck behind a slow truck, a car beside it on the left,
     and a fast car in lane index 3 at `follower_y`."""
-    gen = _empty_road(change_prob=1.0, change_cooldown_s=0.0, keep_right_bias=0.0)
+    settings = dict(change_prob=1.0, change_cooldown_s=0.0, keep_right_bias=0.0)
+    gen = _empty_road(**{**settings, **overrides})
     car = gen.add_vehicle(2, 100.0, 12.0, v0=30.0)
     gen.add_vehicle(2, 120.0, 5.0, v0=5.0, length=12.0)  # slow truck ahead
     gen.add_vehicle(1, 101.0, 12.0, v0=12.0)  # beside the car in the left lane: blocks it
@@ -68,7 +69,7 @@ def test_lane_change_when_the_gap_is_safe():
 
 
 def test_lane_change_is_a_smooth_lateral_move():
-    gen, car, _ = _lane_change_scene(follower_y=-100.0)
+    gen, car, _ = _lane_change_scene(follower_y=-100.0, change_cooldown_s=1e9)
     xs = [gen.veh.x[car]]
     for k in range(200):
         gen.step(k * DT)

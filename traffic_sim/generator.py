@@ -69,7 +69,7 @@ class GeneratorConfig:
 
     # Bottleneck: each lane alternates open and blocked phases of uniform random length.
     open_s: tuple[float, float] = (20.0, 45.0)  # [s]
-    blocked_s: tuple[float, float] = (3.0, 10.0)  # [s]
+    blocked_s: tuple[float, float] = (2.5, 7.0)  # [s]
     target_in_view: float = 135.0  # [veh] study-area occupancy the bottleneck steers towards
     control_gain: float = 4.0  # phase-length change per unit of relative occupancy error
 
@@ -87,6 +87,7 @@ class GeneratorConfig:
     change_cooldown_s: float = 6.0  # [s] after a lane change before the next one
     change_time_s: float = 4.0  # [s] duration of a lane change at the current speed
     change_min_dist: float = 20.0  # [m] shortest road length a lane change spans
+    change_lengths: float = 6.0  # shortest lane change, in vehicle lengths
 
     # On-ramp merging.
     merge_bias: float = 3.0  # [m/s^2] extra gain of leaving the ramp
@@ -308,8 +309,11 @@ class TrafficGenerator:
             shape = 0.5 * (1.0 - np.cos(np.pi * veh.prog[i]))
             veh.x[i] = veh.x_start[i] + (self.centers[veh.lane[i]] - veh.x_start[i]) * shape
             # The origin lane is free once the car is laterally clear of any car in it.
+            # A heading of slope s swings the rear out by up to length * s.
             offset = np.abs(veh.x[i] - self.centers[veh.lane_from[i]])
-            done = i[(veh.prog[i] >= 1.0) | (offset > 0.5 * (veh.width[i] + self.max_width))]
+            swing = veh.length[i] * 0.5 * np.pi * LANE_WIDTH / veh.lc_dist[i]
+            clear = offset > 0.5 * (veh.width[i] + self.max_width) + swing
+            done = i[(veh.prog[i] >= 1.0) | clear]
             veh.lane_from[done] = veh.lane[done]
             finished = i[veh.prog[i] >= 1.0]
             veh.x[finished] = self.centers[veh.lane[finished]]
@@ -451,7 +455,18 @@ class TrafficGenerator:
         veh.lane[movers] = targets
         veh.prog[movers] = 0.0
         veh.x_start[movers] = veh.x[movers]
-        veh.lc_dist[movers] = np.maximum(veh.v[movers] * cfg.change_time_s, cfg.change_min_dist)
+        # Long vehicles change lanes over a longer distance: a gentler heading keeps their
+        # rear from swinging into the next lane.
+        lc_dist = np.maximum.reduce([
+            veh.v[movers] * cfg.change_time_s,
+            np.full(len(movers), cfg.change_min_dist),
+            cfg.change_lengths * veh.length[movers],
+        ])
+        # A ramp car must be over the lane line before the ramp ends.
+        from_ramp = veh.lane_from[movers] == self.ramp_index
+        room_left = 2.0 * (self.ramp_end - veh.y[movers]) - 2.0
+        veh.lc_dist[movers] = np.where(from_ramp, np.maximum(np.minimum(lc_dist, room_left),
+                                                             cfg.change_min_dist), lc_dist)
 
     # -------------------------------------------------------------- recording
     def record(self, frame: int, rows: list):

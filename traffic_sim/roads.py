@@ -50,6 +50,11 @@ class Road:
     name: str
     length: float  # [m] study area, entry edge to exit edge
     lanes: tuple[Lane, ...]
+    # The stretch where episodes are driven and judged, as in the reference benchmark: an
+    # episode starts once the car is a state image's look-behind inside it and succeeds a
+    # look-ahead before its end, so that its state images always lie inside recorded data.
+    eval_start: float = 0.0  # [m]
+    eval_end: float = float("inf")  # [m], capped at the study area's length
 
     def lane(self, lane_id: int) -> Lane:
         for lane in self.lanes:
@@ -100,7 +105,8 @@ def i80_road() -> Road:
     length = 1650 * FT  # [m] 502.9
     lanes = _main_lanes(6, length)
     lanes.append(Lane(7, 6 * LANE_WIDTH, LANE_WIDTH, 0.0, 800 * FT, "on-ramp"))
-    return Road("i-80", length, tuple(lanes))
+    # Evaluation stretch of the reference benchmark: Local_Y 237.7 to 1,269.5 ft.
+    return Road("i-80", length, tuple(lanes), eval_start=237.7 * FT, eval_end=1269.5 * FT)
 
 
 def us101_road() -> Road:
@@ -116,13 +122,14 @@ def us101_road() -> Road:
     lanes.append(Lane(7, slot, LANE_WIDTH, 0.0, 580 * FT, "on-ramp"))
     lanes.append(Lane(6, slot, LANE_WIDTH, 580 * FT, 1400 * FT, "auxiliary"))
     lanes.append(Lane(8, slot, LANE_WIDTH, 1400 * FT, length, "off-ramp"))
-    return Road("us-101", length, tuple(lanes))
+    # Evaluation stretch of the reference's US-101 map: Local_Y 311.1 to 1,828.5 ft.
+    return Road("us-101", length, tuple(lanes), eval_start=311.1 * FT, eval_end=1828.5 * FT)
 
 
 def synthetic_i80_road() -> Road:
     """The road of the embedded synthetic traffic: the I-80 layout, under its own name."""
     road = i80_road()
-    return Road("synthetic-i80", road.length, road.lanes)
+    return Road("synthetic-i80", road.length, road.lanes, road.eval_start, road.eval_end)
 
 
 ROADS = {

@@ -124,6 +124,7 @@ class Scene:
     track_width: np.ndarray  # (K,) [m]
     track_vehicle_id: np.ndarray  # (K,) NGSIM Vehicle_ID
     episodes: dict  # split name -> array of track indices usable as episodes
+    ep_row: np.ndarray | None = None  # (K,) handover row of each track's episode, -1 if none
 
     KEY_STRIDE = 10000.0  # [m] larger than any road
 
@@ -139,11 +140,19 @@ class Scene:
 
     @property
     def success_y(self) -> float:
-        """[m] front position that counts as arriving at the end of the study area: the
-        look-ahead of a state image before the exit edge, so the image stays inside the data."""
+        """[m] front position that counts as arriving at the end of the road: a state image's
+        look-ahead before the end of the evaluation stretch."""
         from .raster import LOOK_AHEAD
 
-        return self.road.length - LOOK_AHEAD
+        return min(self.road.eval_end, self.road.length) - LOOK_AHEAD
+
+    @property
+    def start_y(self) -> float:
+        """[m] rear position from which a car can be handed over to a policy: a state
+        image's look-behind inside the evaluation stretch."""
+        from .raster import LOOK_AHEAD
+
+        return self.road.eval_start + LOOK_AHEAD
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, location: str | None = None, road: Road | None = None,
@@ -214,11 +223,10 @@ class Scene:
     def _split_episodes(self, seed: int) -> dict:
         """Tracks usable as episodes (20 frames of history, then reaching the success line),
         split 80/10/10 by vehicle with a seeded permutation of the sorted track list."""
-        counts = np.diff(self.tr_start)
+        self.ep_row = self._handover_rows()
         last_y = self.tr_y[self.tr_start[1:] - 1]
-        usable = np.flatnonzero((counts > HISTORY) & (last_y >= self.success_y))
-        start_y = self.tr_y[self.tr_start[usable] + HISTORY - 1]
-        usable = usable[start_y < self.success_y]
+        usable = np.flatnonzero((self.ep_row >= 0) & (last_y >= self.success_y))
+        usable = usable[self.tr_y[self.ep_row[usable]] < self.success_y]
         perm = np.random.default_rng(seed).permutation(len(usable))
         n_train = int(round(SPLIT_FRACTIONS[0] * len(usable)))
         n_val = int(round(SPLIT_FRACTIONS[1] * len(usable)))
@@ -230,7 +238,14 @@ class Scene:
             "all": usable,
         }
 
-    def episode_start(self, k: int) -> int:
-        """Row (in track order) where the episode of track k hands over to the policy: the
-        last of its first 20 frames."""
-        return int(self.tr_start[k] + HISTORY - 1)
+    def _handover_rows(self) -> np.ndarray:
+        """(K,) row (in track order) where each track's episode hands over to the policy:
+        the first row with 20 frames of history whose rear is past ``start_y``; -1 if none."""
+        n = len(self.tr_y)
+        tr_of_row = np.repeat(np.arange(self.n_tracks), np.diff(self.tr_start))
+        index_in_track = np.arange(n) - self.tr_start[tr_of_row]
+        rear = self.tr_y - self.track_length[tr_of_row]
+        ok = (index_in_track >= HISTORY - 1) & (rear >= self.start_y)
+        first = np.full(self.n_tracks, n, dtype=np.int64)
+        np.minimum.at(first, tr_of_row[ok], np.flatnonzero(ok))
+        return np.where(first < n, first, -1)

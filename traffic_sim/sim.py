@@ -9,8 +9,9 @@ car"). A controlled car is a kinematic car driven by (acceleration [m/s^2], stee
 
 It ends on a collision with a replayed vehicle (oriented boxes), leaving the road (its centre
 off the drivable surface), arriving at the end of the study area (success) or when the
-recording ends (truncation). Each controlled car takes over one recorded vehicle at the last
-of its first 20 frames; that vehicle is then removed from the traffic (it is the car itself).
+recording ends (truncation). Each controlled car takes over one recorded vehicle once it has
+20 frames of history inside the evaluation stretch (see :class:`traffic_sim.scene.Scene`);
+that vehicle is then removed from the traffic (it is the car itself).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ class ReplaySimulator:
         """Controlled cars taking over the given recorded tracks after their 20-frame history."""
         sc = self.scene
         tracks = np.asarray(tracks, dtype=np.int64)
-        rows = sc.tr_start[tracks] + HISTORY - 1
+        rows = sc.ep_row[tracks]
+        if (rows < 0).any():
+            raise ValueError(f"tracks {tracks[rows < 0][:5].tolist()} are not usable as episodes")
         n = len(tracks)
         false = np.zeros(n, dtype=bool)
         return Cars(
@@ -120,7 +123,7 @@ class ReplaySimulator:
     def human_actions(self, cars: Cars) -> np.ndarray:
         """(N, 2) actions inferred from each car's own recorded track at its current step."""
         sc = self.scene
-        rows = sc.tr_start[cars.track] + HISTORY - 1 + cars.steps
+        rows = sc.ep_row[cars.track] + cars.steps
         end = sc.tr_start[cars.track + 1]
         rows = np.minimum(rows, end - 1)
         return np.stack([sc.tr_acc[rows], sc.tr_steer[rows]], axis=1)
@@ -206,7 +209,7 @@ class ReplaySimulator:
         """(N, 20, 3, 117, 24) images of the 20 recorded frames before each takeover."""
         sc = self.scene
         tracks = np.asarray(tracks, dtype=np.int64)
-        rows = sc.tr_start[tracks][:, None] + np.arange(HISTORY)[None, :]
+        rows = sc.ep_row[tracks][:, None] + np.arange(1 - HISTORY, 1)[None, :]
         length = sc.track_length[tracks][:, None]
         cx = sc.tr_x[rows] - 0.5 * length * sc.tr_ux[rows]
         cy = sc.tr_y[rows] - 0.5 * length * sc.tr_uy[rows]
@@ -217,7 +220,7 @@ class ReplaySimulator:
     def history_states(self, tracks) -> np.ndarray:
         """(N, 20, 4) recorded states (x, y, vx, vy) of the 20 frames before each takeover."""
         sc = self.scene
-        rows = sc.tr_start[np.asarray(tracks)][:, None] + np.arange(HISTORY)[None, :]
+        rows = sc.ep_row[np.asarray(tracks)][:, None] + np.arange(1 - HISTORY, 1)[None, :]
         v = sc.tr_speed[rows]
         return np.stack([sc.tr_x[rows], sc.tr_y[rows], v * sc.tr_ux[rows], v * sc.tr_uy[rows]],
                         axis=-1).astype(np.float32)
