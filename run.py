@@ -4,6 +4,11 @@
 Commands:
   generate   write synthetic I-80-like traffic as NGSIM trajectory files
   inspect    summarise a trajectory file (real NGSIM or generated)
+  evaluate   closed-loop success / collision rates of driving policies
+  watch      pygame view of a car driving in replayed traffic (or --record a video)
+
+Every command works with no arguments on the embedded synthetic I-80 traffic, which is
+generated into ./artifacts on first use.
 """
 
 from __future__ import annotations
@@ -14,10 +19,19 @@ import sys
 
 def _commands():
     from traffic_sim import commands as tc
+    from traffic_sim import evaluate as ev
+    from traffic_sim import viewer as vw
+
+    def evaluate(cfg):
+        table, path = ev.evaluate_command(cfg)
+        print(table)
+        print(f"wrote {path}")
 
     return {
         "generate": (tc.GenerateConfig, lambda c: print(f"wrote {tc.generate_command(c)}")),
         "inspect": (tc.InspectConfig, lambda c: print(tc.inspect_command(c))),
+        "evaluate": (ev.EvaluateConfig, evaluate),
+        "watch": (vw.WatchConfig, lambda c: print(vw.watch_command(c))),
     }
 
 

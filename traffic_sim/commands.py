@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .cli_util import UserError, doc
 from .generator import DT, GeneratorConfig, generate
-from .paths import default_traffic_dir
+from .paths import atomic_output, default_traffic_dir
 
 TRAFFIC_FILE = "trajectories-synthetic-i80.txt"  # name tells the reader the location
 
@@ -29,15 +27,8 @@ class GenerateConfig:
 
 
 def _write_json_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def generate_command(cfg: GenerateConfig) -> Path:

@@ -249,3 +249,32 @@ class Scene:
         first = np.full(self.n_tracks, n, dtype=np.int64)
         np.minimum.at(first, tr_of_row[ok], np.flatnonzero(ok))
         return np.where(first < n, first, -1)
+
+
+_ARRAY_FIELDS = ("frame_start", "frame", "track", "x", "y", "ux", "uy", "length", "width", "key",
+                 "tr_start", "tr_frame", "tr_x", "tr_y", "tr_ux", "tr_uy", "tr_speed", "tr_acc",
+                 "tr_steer", "track_length", "track_width", "track_vehicle_id", "ep_row")
+CACHE_VERSION = 1  # bump when the scene's content or layout changes
+
+
+def save_scene(scene: Scene, path) -> None:
+    """Write a scene to an ``.npz`` file atomically (temporary name, then rename)."""
+    from .paths import atomic_output
+
+    arrays = {name: getattr(scene, name) for name in _ARRAY_FIELDS}
+    arrays.update({f"episodes_{k}": v for k, v in scene.episodes.items()})
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, location=np.array(scene.location), n_frames=np.array(scene.n_frames),
+                 version=np.array(CACHE_VERSION), **arrays)
+
+
+def load_saved_scene(path) -> Scene | None:
+    """Read a scene written by :func:`save_scene`; None if it is from another version."""
+    with np.load(path, allow_pickle=False) as z:
+        if int(z["version"]) != CACHE_VERSION:
+            return None
+        location = str(z["location"])
+        episodes = {k[len("episodes_"):]: z[k] for k in z.files if k.startswith("episodes_")}
+        arrays = {name: z[name] for name in _ARRAY_FIELDS}
+        return Scene(road=road_for(location), location=location, n_frames=int(z["n_frames"]),
+                     episodes=episodes, **arrays)

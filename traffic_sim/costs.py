@@ -1,0 +1,66 @@
+"""Proximity, lane and off-road costs of a car, computed on its state images.
+
+These are the definitions the policy is trained on (the learning code evaluates the same
+masks on predicted images); the simulator reports them on real images so that predicted and
+actual costs can be compared. All masks are separable: a profile along the road times a
+profile across it, evaluated at pixel centres, with the car's centre at the image centre.
+
+* proximity: 1 over the car's footprint, falling linearly to 0 at a speed-dependent safe
+  distance ``1.5 s * speed + 1 m`` ahead and behind it, and across the neighbouring lane
+  sideways; cost = max over pixels of mask x vehicles channel.
+* lane: 1 over the car's length only, and a narrow triangle across (1 at the car's centre
+  line, 0 half a lane minus half a pixel away); cost = max of mask x lane-marking channel. A
+  car centred in its lane costs ~0, a car straddling a line costs ~1.
+* off-road: the lane mask applied to the off-road channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .raster import (IMAGE_H, IMAGE_W, LANES_CHANNEL, OFFROAD_CHANNEL, PX_PER_M,
+                     VEHICLES_CHANNEL)
+from .roads import LANE_WIDTH
+
+SAFE_TIME = 1.5  # [s] time headway of the safe distance
+SAFE_MARGIN = 1.0  # [m] added to the safe distance
+
+# Signed distances of pixel centres from the image centre [m]: ahead is positive.
+_ALONG = (0.5 * IMAGE_H - (np.arange(IMAGE_H) + 0.5)) / PX_PER_M
+_ACROSS = ((np.arange(IMAGE_W) + 0.5) - 0.5 * IMAGE_W) / PX_PER_M
+_LANE_HALF = 0.5 * LANE_WIDTH - 0.5 / PX_PER_M  # [m] half-width of the lane-cost triangle
+
+
+def _ramp(distance, flat, fall):
+    """1 within ``flat`` of 0, falling linearly to 0 at ``flat + fall`` (arrays broadcast)."""
+    return np.clip(1.0 - (np.abs(distance) - flat) / np.maximum(fall, 1e-6), 0.0, 1.0)
+
+
+def proximity_mask(speed, length, width):
+    """(N, 117, 24) proximity masks for cars of the given speeds [m/s] and sizes [m]."""
+    speed = np.asarray(speed, dtype=float)[:, None]
+    safe = SAFE_TIME * np.abs(speed) + SAFE_MARGIN
+    along = _ramp(_ALONG[None, :], 0.5 * np.asarray(length, dtype=float)[:, None], safe)
+    across = _ramp(_ACROSS[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
+    return along[:, :, None] * across[:, None, :]
+
+
+def lane_mask(length):
+    """(N, 117, 24) lane (and off-road) masks for cars of the given lengths [m]."""
+    half = 0.5 * np.asarray(length, dtype=float)[:, None]
+    along = (np.abs(_ALONG[None, :]) <= half).astype(float)
+    across = _ramp(_ACROSS, 0.0, _LANE_HALF)
+    return along[:, :, None] * across[None, None, :]
+
+
+def image_costs(images, speed, length, width) -> dict:
+    """Costs of N cars from their state images (N, 3, 117, 24) uint8: a dict of (N,) arrays
+    ``proximity_cost``, ``lane_cost`` and ``offroad_cost``, each in [0, 1]."""
+    img = np.asarray(images, dtype=np.float32) / 255.0
+    prox = proximity_mask(speed, length, width)
+    lane = lane_mask(length)
+    return {
+        "proximity_cost": (prox * img[:, VEHICLES_CHANNEL]).max(axis=(1, 2)),
+        "lane_cost": (lane * img[:, LANES_CHANNEL]).max(axis=(1, 2)),
+        "offroad_cost": (lane * img[:, OFFROAD_CHANNEL]).max(axis=(1, 2)),
+    }

@@ -1,0 +1,123 @@
+"""Closed-loop evaluation: drive many test episodes at once in the replay simulator."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .cli_util import UserError, doc
+from .paths import artifacts_dir, atomic_output
+from .scene import DT, Scene
+from .sim import ReplaySimulator
+
+BUILTIN_POLICIES = ("human", "no-action")
+CSV_COLUMNS = ("policy", "episodes", "success_rate", "collision_rate", "offroad_rate",
+               "mean_distance_m", "mean_time_s")
+
+
+def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None) -> dict:
+    """Drive the episodes of ``tracks`` with ``policy`` ("human", "no-action" or a callable
+    ``policy(sim, cars) -> (N, 2) actions``), in batches; per-episode outcome arrays."""
+    sim = ReplaySimulator(scene)
+    tracks = np.asarray(tracks, dtype=np.int64)
+    out = {k: [] for k in ("track", "success", "collision", "off_road", "truncated", "distance", "time")}
+    for lo in range(0, len(tracks), batch):
+        cars = sim.start(tracks[lo:lo + batch])
+        if callable(policy) and hasattr(policy, "reset"):
+            policy.reset(cars.track.copy())
+        while not cars.done.all():
+            if policy == "human":
+                actions = sim.human_actions(cars)
+            elif policy == "no-action":
+                actions = np.zeros((len(cars.track), 2))
+            else:
+                actions = np.asarray(policy(sim, cars), dtype=float)
+            sim.step(cars, actions)
+        for key, value in (("track", cars.track), ("success", cars.success),
+                           ("collision", cars.collision), ("off_road", cars.off_road),
+                           ("truncated", cars.truncated), ("distance", cars.distance),
+                           ("time", cars.steps * DT)):
+            out[key].append(np.asarray(value).copy())
+        if progress is not None:
+            progress(len(cars.track))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def summarise(name: str, outcome: dict) -> dict:
+    n = len(outcome["track"])
+    return {
+        "policy": name,
+        "episodes": n,
+        "success_rate": float(outcome["success"].mean()) if n else math.nan,
+        "collision_rate": float(outcome["collision"].mean()) if n else math.nan,
+        "offroad_rate": float(outcome["off_road"].mean()) if n else math.nan,
+        "mean_distance_m": float(outcome["distance"].mean()) if n else math.nan,
+        "mean_time_s": float(outcome["time"].mean()) if n else math.nan,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'policy':<12} {'episodes':>8} {'success':>8} {'collision':>9} {'off-road':>8} {'distance [m]':>12} {'time [s]':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['policy']:<12} {r['episodes']:>8d} {100 * r['success_rate']:>7.1f}% "
+                     f"{100 * r['collision_rate']:>8.1f}% {100 * r['offroad_rate']:>7.1f}% "
+                     f"{r['mean_distance_m']:>12.1f} {r['mean_time_s']:>8.1f}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Closed-loop evaluation of driving policies in the replay simulator."""
+
+    policy: str = doc("policies to evaluate, comma-separated: human, no-action", "human,no-action")
+    split: str = doc("episode split: train, val, test or all", "test")
+    episodes: Optional[int] = doc("evaluate only the first N episodes of the split", None)
+    trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
+    location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
+    out: Optional[str] = doc("CSV file of results (default: artifacts/eval/evaluate-SPLIT.csv)", None)
+
+
+def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]] = None) -> tuple[str, Path]:
+    """Run the evaluation; returns the printed table and the CSV path."""
+    from .loading import load_scene
+
+    names = [p.strip() for p in cfg.policy.split(",") if p.strip()]
+    policies = dict(policies or {})
+    for name in names:
+        if name not in BUILTIN_POLICIES and name not in policies:
+            raise UserError(f"unknown policy {name!r}: choose from {', '.join(BUILTIN_POLICIES)}")
+    if cfg.episodes is not None and cfg.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
+    scene = load_scene(cfg.trajectories, cfg.location, quiet=False)
+    if cfg.split not in scene.episodes:
+        raise UserError(f"unknown split {cfg.split!r}: choose from train, val, test, all")
+    tracks = scene.episodes[cfg.split]
+    if cfg.episodes is not None:
+        tracks = tracks[:cfg.episodes]
+    if len(tracks) == 0:
+        raise UserError(f"split {cfg.split!r} has no episodes in this data")
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        outcome = run_episodes(scene, tracks, policies.get(name, name))
+        row = summarise(name, outcome)
+        rows.append(row)
+        print(f"{name}: {len(tracks)} episodes in {time.perf_counter() - t0:.1f} s")
+    out = Path(cfg.out) if cfg.out else artifacts_dir() / "eval" / f"evaluate-{cfg.split}.csv"
+    write_csv(rows, out)
+    return format_table(rows), out
