@@ -11,7 +11,7 @@ import dataclasses
 import typing
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input from the user: reported as one line, exit status 2."""
 
 

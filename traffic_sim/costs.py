@@ -10,7 +10,8 @@ profile across it, evaluated at pixel centres, with the car's centre at the imag
   sideways; cost = max over pixels of mask x vehicles channel.
 * lane: 1 over the car's length only, and a narrow triangle across (1 at the car's centre
   line, 0 half a lane minus half a pixel away); cost = max of mask x lane-marking channel. A
-  car centred in its lane costs ~0, a car straddling a line costs ~1.
+  car centred in its lane costs ~0; one whose centre line is on a marking about 0.4-0.8
+  (the 1 px marking may be split over two pixel columns).
 * off-road: the lane mask applied to the off-road channel.
 """
 

@@ -622,7 +622,7 @@ class _Gif:
         self.Image, self.path, self.fps, self.frames = Image, path, fps, []
 
     def add(self, frame: np.ndarray) -> None:
-        img = self.Image.fromarray(frame, "RGB")
+        img = self.Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
         self.frames.append(img.convert("P", palette=self.Image.Palette.ADAPTIVE, colors=128))
 
     def close(self) -> None:

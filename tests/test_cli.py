@@ -1,0 +1,71 @@
+"""The command line: outputs, CSV format, and one-line errors with exit status 2."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, env_dir=None):
+    import os
+
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+def test_evaluate_writes_the_csv(traffic_file, tmp_path):
+    out = tmp_path / "eval.csv"
+    r = run("evaluate", "--trajectories", str(traffic_file), "--split", "all", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert str(out) in r.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [row["policy"] for row in rows] == ["human", "no-action"]
+    assert list(rows[0]) == ["policy", "episodes", "success_rate", "collision_rate",
+                             "offroad_rate", "mean_distance_m", "mean_time_s"]
+    for row in rows:
+        for k in ("success_rate", "collision_rate", "offroad_rate"):
+            assert 0.0 <= float(row[k]) <= 1.0
+    assert float(rows[0]["success_rate"]) >= 0.98
+    assert float(rows[1]["success_rate"]) < float(rows[0]["success_rate"])
+
+
+def test_inspect_summarises(traffic_file):
+    r = run("inspect", str(traffic_file))
+    assert r.returncode == 0, r.stderr
+    assert "synthetic-i80" in r.stdout and "vehicles in view" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "/nonexistent/x.txt"], "x.txt"),
+    (["evaluate", "--policy", "telepathy"], "unknown policy"),
+    (["evaluate", "--trajectories", "/nonexistent/x.txt"], "no such trajectory file"),
+    (["evaluate", "--episodes", "0"], "--episodes"),
+    (["generate", "--minutes", "-3"], "--minutes"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_bad_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "i80-bad.txt"
+    good = "1 12 884 1113433136100 16.884 48.213 6042842.12 2133117.45 14.3 6.4 2 12.50 0.00 2 0 13 0.00 0.00\n"
+    bad.write_text(good + good.replace(" 12 ", " 13 ", 1).replace("48.213", "abc"))
+    r = run("inspect", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:2:" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_watch_records_frames(traffic_file, tmp_path):
+    out = tmp_path / "frames"
+    r = run("watch", "--trajectories", str(traffic_file), "--split", "all", "--record", str(out),
+            "--max-steps", "5")
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("*.png"))) >= 5

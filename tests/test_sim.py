@@ -1,0 +1,143 @@
+"""Replay simulator: kinematics against closed forms, collision geometry, action inference."""
+
+import math
+
+import numpy as np
+import pytest
+
+from traffic_sim.scene import DT, HISTORY
+from traffic_sim.sim import ReplaySimulator, boxes_overlap, kinematic_step
+
+
+def _drive(v, acc, steer, steps):
+    x, y, ux, uy = 0.0, 0.0, 0.0, 1.0
+    out = [(x, y, ux, uy, v)]
+    for _ in range(steps):
+        x, y, ux, uy, v = kinematic_step(x, y, ux, uy, v, acc, steer)
+        out.append((x, y, ux, uy, v))
+    return np.array(out, dtype=float)
+
+
+def test_straight_at_constant_speed():
+    path = _drive(10.0, 0.0, 0.0, 50)
+    assert path[-1, 1] == pytest.approx(50.0)  # 5 s at 10 m/s
+    assert np.all(path[:, 0] == 0.0)
+
+
+def test_constant_acceleration_explicit_euler():
+    n, v0, a = 30, 10.0, 2.0
+    path = _drive(v0, a, 0.0, n)
+    # Position uses the speed before the update: y_n = v0 n dt + a dt^2 n (n - 1) / 2.
+    assert path[-1, 1] == pytest.approx(v0 * n * DT + a * DT ** 2 * n * (n - 1) / 2)
+    assert path[-1, 4] == pytest.approx(v0 + a * n * DT)
+
+
+def test_braking_stops_and_never_reverses():
+    path = _drive(5.0, -10.0, 0.0, 20)
+    assert path[-1, 4] == 0.0
+    assert np.all(np.diff(path[:, 1]) >= 0)
+
+
+def test_constant_steering_turns_on_a_circle():
+    v, b, n = 10.0, 0.02, 40  # [m/s], [1/m]
+    path = _drive(v, 0.0, b, n)
+    step_angle = math.atan(b * v * DT)  # each step rotates the heading by atan(b v dt)
+    heading = np.arctan2(path[:, 2], path[:, 3])  # clockwise from the road direction
+    assert heading[-1] == pytest.approx(n * step_angle)
+    assert path[-1, 0] > 0  # b > 0 turns right (towards higher lane numbers)
+    # The points are the vertices of a regular polygon: chord v dt, turning step_angle.
+    radius = v * DT / (2 * math.sin(step_angle / 2))
+    p = path[:, :2]
+    # Centre: from the first chord's midpoint, perpendicular to it.
+    mid = 0.5 * (p[0] + p[1])
+    chord = (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
+    normal = np.array([chord[1], -chord[0]])
+    centre = mid + normal * radius * math.cos(step_angle / 2)
+    assert np.linalg.norm(p - centre, axis=1) == pytest.approx(np.full(n + 1, radius), rel=1e-9)
+
+
+def _box(x, y, angle, length, width):
+    """Front centre of a box whose centre is (x, y), heading `angle` from the road direction."""
+    ux, uy = math.sin(angle), math.cos(angle)
+    return (x + 0.5 * length * ux, y + 0.5 * length * uy, ux, uy, length, width)
+
+
+@pytest.mark.parametrize("gap, hit", [(-0.1, True), (0.1, False)])
+def test_boxes_one_behind_the_other(gap, hit):
+    a = _box(0.0, 0.0, 0.0, 4.0, 2.0)
+    b = _box(0.0, 4.0 + gap, 0.0, 4.0, 2.0)
+    assert bool(boxes_overlap(*a, *b)) is hit
+
+
+@pytest.mark.parametrize("offset, hit", [(-0.05, True), (0.05, False)])
+def test_rotated_box_touching_a_corner(offset, hit):
+    # A 2x2 square turned 45 degrees reaches sqrt(2) from its centre along the road.
+    a = _box(0.0, 0.0, 0.0, 2.0, 2.0)
+    b = _box(0.0, 1.0 + math.sqrt(2) + offset, math.pi / 4, 2.0, 2.0)
+    assert bool(boxes_overlap(*a, *b)) is hit
+    assert bool(boxes_overlap(*b, *a)) is hit
+
+
+def test_side_by_side_in_adjacent_lanes_do_not_touch():
+    a = _box(1.83, 10.0, 0.0, 4.5, 1.9)
+    b = _box(1.83 + 3.66, 10.0, 0.0, 4.5, 1.9)
+    assert not boxes_overlap(*a, *b)
+
+
+def test_human_replay_reproduces_the_recorded_track(small_scene):
+    sc = small_scene
+    sim = ReplaySimulator(sc)
+    tracks = sc.episodes["all"]
+    cars = sim.start(tracks)
+    worst = 0.0
+    while not cars.done.all():
+        sim.step(cars, sim.human_actions(cars))
+        rows = sc.ep_row[cars.track] + cars.steps
+        inside = rows < sc.tr_start[cars.track + 1]
+        worst = max(worst, np.abs(cars.x - sc.tr_x[rows.clip(max=len(sc.tr_x) - 1)])[inside].max(),
+                    np.abs(cars.y - sc.tr_y[rows.clip(max=len(sc.tr_y) - 1)])[inside].max())
+    assert worst < 1e-6  # [m] the inferred actions drive the recorded track
+    assert cars.success.mean() >= 0.98
+    assert not cars.collision.any()
+
+
+def test_episode_starts_after_twenty_frames_of_history(small_scene):
+    sc = small_scene
+    k = sc.episodes["all"][0]
+    row = sc.ep_row[k]
+    assert row - sc.tr_start[k] >= HISTORY - 1
+    assert sc.tr_y[row] - sc.track_length[k] >= sc.start_y
+    sim = ReplaySimulator(sc)
+    states = sim.history_states([k])[0]
+    assert states.shape == (HISTORY, 4)
+    cars = sim.start([k])
+    assert cars.state_vector()[0] == pytest.approx(states[-1], abs=1e-4)
+    images = sim.history_images([k])[0]
+    assert images.shape == (HISTORY, 3, 117, 24)
+    assert np.array_equal(images[-1], sim.observe(cars)[0])
+
+
+def test_no_action_collides_and_the_boxes_really_overlap(small_scene):
+    sc = small_scene
+    sim = ReplaySimulator(sc)
+    cars = sim.start(sc.episodes["all"])
+    while not cars.done.all():
+        sim.step(cars, np.zeros((len(cars.track), 2)))
+    assert cars.collision.any()
+    assert (cars.collision | cars.off_road | cars.success | cars.truncated).all()
+    i = np.flatnonzero(cars.collision)[0]
+    rows = np.arange(sc.frame_start[cars.frame[i]], sc.frame_start[cars.frame[i] + 1])
+    rows = rows[sc.track[rows] != cars.track[i]]
+    hit = boxes_overlap(cars.x[i], cars.y[i], cars.ux[i], cars.uy[i], cars.length[i], cars.width[i],
+                        sc.x[rows], sc.y[rows], sc.ux[rows], sc.uy[rows], sc.length[rows], sc.width[rows])
+    assert hit.any()
+
+
+def test_splits_are_disjoint_and_stable(small_scene):
+    from traffic_sim.scene import Scene
+
+    sc = small_scene
+    parts = [set(sc.episodes[s].tolist()) for s in ("train", "val", "test")]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert set().union(*parts) == set(sc.episodes["all"].tolist())
+    assert len(parts[0]) == pytest.approx(0.8 * len(sc.episodes["all"]), abs=1)
