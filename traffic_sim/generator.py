@@ -69,7 +69,7 @@ class GeneratorConfig:
 
     # Bottleneck: each lane alternates open and blocked phases of uniform random length.
     open_s: tuple[float, float] = (20.0, 45.0)  # [s]
-    blocked_s: tuple[float, float] = (2.5, 7.0)  # [s]
+    blocked_s: tuple[float, float] = (2.0, 6.0)  # [s]
     target_in_view: float = 135.0  # [veh] study-area occupancy the bottleneck steers towards
     control_gain: float = 4.0  # phase-length change per unit of relative occupancy error
 
