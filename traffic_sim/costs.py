@@ -34,34 +34,49 @@ _LANE_HALF = 0.5 * LANE_WIDTH - 0.5 / PX_PER_M  # [m] half-width of the lane-cos
 
 def _ramp(distance, flat, fall):
     """1 within ``flat`` of 0, falling linearly to 0 at ``flat + fall`` (arrays broadcast)."""
-    return np.clip(1.0 - (np.abs(distance) - flat) / np.maximum(fall, 1e-6), 0.0, 1.0)
+    return np.minimum(np.maximum(1.0 - (np.abs(distance) - flat) / np.maximum(fall, 1e-6), 0.0), 1.0)
+
+
+def _profiles(speed, length, width):
+    """Separable mask profiles: proximity along (N, 117) and across (N, 24), lane along
+    (N, 117) and across (24,)."""
+    speed = np.asarray(speed, dtype=float)[:, None]
+    half_length = 0.5 * np.asarray(length, dtype=float)[:, None]
+    safe = SAFE_TIME * np.abs(speed) + SAFE_MARGIN
+    prox_along = _ramp(_ALONG[None, :], half_length, safe)
+    prox_across = _ramp(_ACROSS[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
+    lane_along = (np.abs(_ALONG[None, :]) <= half_length).astype(float)
+    return prox_along, prox_across, lane_along, _LANE_ACROSS
+
+
+_LANE_ACROSS = _ramp(_ACROSS, 0.0, _LANE_HALF)
 
 
 def proximity_mask(speed, length, width):
     """(N, 117, 24) proximity masks for cars of the given speeds [m/s] and sizes [m]."""
-    speed = np.asarray(speed, dtype=float)[:, None]
-    safe = SAFE_TIME * np.abs(speed) + SAFE_MARGIN
-    along = _ramp(_ALONG[None, :], 0.5 * np.asarray(length, dtype=float)[:, None], safe)
-    across = _ramp(_ACROSS[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
+    along, across, _, _ = _profiles(speed, length, width)
     return along[:, :, None] * across[:, None, :]
 
 
 def lane_mask(length):
     """(N, 117, 24) lane (and off-road) masks for cars of the given lengths [m]."""
-    half = 0.5 * np.asarray(length, dtype=float)[:, None]
-    along = (np.abs(_ALONG[None, :]) <= half).astype(float)
-    across = _ramp(_ACROSS, 0.0, _LANE_HALF)
+    _, _, along, across = _profiles(np.zeros(len(np.atleast_1d(length))), length, np.ones_like(length))
     return along[:, :, None] * across[None, None, :]
+
+
+def _masked_max(channel, along, across):
+    """max over pixels of (along (x) across) * channel, without forming the mask: the
+    profiles are non-negative, so the max separates into rows then columns."""
+    return ((channel * across[..., None, :]).max(axis=2) * along).max(axis=1)
 
 
 def image_costs(images, speed, length, width) -> dict:
     """Costs of N cars from their state images (N, 3, 117, 24) uint8: a dict of (N,) arrays
     ``proximity_cost``, ``lane_cost`` and ``offroad_cost``, each in [0, 1]."""
-    img = np.asarray(images, dtype=np.float32) / 255.0
-    prox = proximity_mask(speed, length, width)
-    lane = lane_mask(length)
+    img = np.asarray(images, dtype=np.float32) * (1.0 / 255.0)
+    prox_along, prox_across, lane_along, lane_across = _profiles(speed, length, width)
     return {
-        "proximity_cost": (prox * img[:, VEHICLES_CHANNEL]).max(axis=(1, 2)),
-        "lane_cost": (lane * img[:, LANES_CHANNEL]).max(axis=(1, 2)),
-        "offroad_cost": (lane * img[:, OFFROAD_CHANNEL]).max(axis=(1, 2)),
+        "proximity_cost": _masked_max(img[:, VEHICLES_CHANNEL], prox_along, prox_across),
+        "lane_cost": _masked_max(img[:, LANES_CHANNEL], lane_along, lane_across),
+        "offroad_cost": _masked_max(img[:, OFFROAD_CHANNEL], lane_along, lane_across),
     }

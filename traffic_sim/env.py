@@ -112,8 +112,7 @@ class TrafficEnv(gym.Env):
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(1, 2),
                          self.action_space.low, self.action_space.high)
         self._last_action = action[0]
-        self.sim.step(self.cars, action)
-        image = self.sim.observe(self.cars)
+        image = self.sim.step(self.cars, action, observe=True)
         self._images = np.concatenate([self._images[1:], image]) if self.history > 1 else image
         state = self.cars.state_vector()
         self._states = np.concatenate([self._states[1:], state]) if self.history > 1 else state

@@ -75,16 +75,21 @@ class Road:
         """NGSIM lane id of each point (x, y) [m], 0 where the point is off the road.
 
         Lanes that reach an end of the study area are taken to go on beyond it."""
-        x = np.asarray(x, dtype=float)
-        y = np.asarray(y, dtype=float)
-        out = np.zeros(np.broadcast(x, y).shape, dtype=np.int16)
-        for lane in self.lanes:
-            # Lanes that reach an end of the study area go on beyond it.
-            y0 = -np.inf if lane.y_start <= 0.0 else lane.y_start
-            y1 = np.inf if lane.y_end >= self.length else lane.y_end
-            inside = (x >= lane.left) & (x < lane.right) & (y >= y0) & (y <= y1)
-            out[inside & (out == 0)] = lane.lane_id
-        return out
+        x = np.asarray(x, dtype=float)[..., None]
+        y = np.asarray(y, dtype=float)[..., None]
+        left, right, y0, y1, ids = self._bounds()
+        inside = (x >= left) & (x < right) & (y >= y0) & (y <= y1)  # (..., lanes)
+        first = np.argmax(inside, axis=-1)
+        return np.where(inside.any(axis=-1), ids[first], 0).astype(np.int16)
+
+    def _bounds(self):
+        lanes = self.lanes
+        left = np.array([lane.left for lane in lanes])
+        right = np.array([lane.right for lane in lanes])
+        y0 = np.array([-np.inf if lane.y_start <= 0.0 else lane.y_start for lane in lanes])
+        y1 = np.array([np.inf if lane.y_end >= self.length else lane.y_end for lane in lanes])
+        ids = np.array([lane.lane_id for lane in lanes])
+        return left, right, y0, y1, ids
 
     def on_road(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """True where the point (x, y) [m] lies on the drivable surface."""

@@ -128,25 +128,37 @@ class ReplaySimulator:
         rows = np.minimum(rows, end - 1)
         return np.stack([sc.tr_acc[rows], sc.tr_steer[rows]], axis=1)
 
-    def step(self, cars: Cars, actions) -> None:
-        """Advance the cars that are not done by one frame, in place, and update their flags."""
+    def step(self, cars: Cars, actions, observe: bool = False):
+        """Advance the cars that are not done by one frame, in place, and update their flags.
+
+        With ``observe=True`` also return the cars' new state images (N, 3, 117, 24), sharing
+        the neighbour search with the collision test."""
         actions = np.asarray(actions, dtype=float)
         live = ~cars.done
-        if not live.any():
-            return
         i = np.flatnonzero(live)
-        x, y, ux, uy, v = kinematic_step(cars.x[i], cars.y[i], cars.ux[i], cars.uy[i], cars.v[i],
-                                         actions[i, 0], actions[i, 1])
-        cars.x[i], cars.y[i], cars.ux[i], cars.uy[i], cars.v[i] = x, y, ux, uy, v
-        cars.frame[i] += 1
-        cars.steps[i] += 1
-        self._update_flags(cars, i)
+        if len(i):
+            x, y, ux, uy, v = kinematic_step(cars.x[i], cars.y[i], cars.ux[i], cars.uy[i],
+                                             cars.v[i], actions[i, 0], actions[i, 1])
+            cars.x[i], cars.y[i], cars.ux[i], cars.uy[i], cars.v[i] = x, y, ux, uy, v
+            cars.frame[i] += 1
+            cars.steps[i] += 1
+        if not observe:
+            if len(i):
+                self._update_flags(cars, i, self._frames(cars.frame[i]))
+            return None
+        frame = self._frames(cars.frame)
+        rows, valid = self.neighbours(frame, cars.center_x, cars.center_y, cars.track)
+        if len(i):
+            self._update_flags(cars, i, frame[i], rows[i], valid[i])
+        return self._render(cars.center_x, cars.center_y, rows, valid)
 
-    def _update_flags(self, cars: Cars, i) -> None:
+    def _frames(self, frame):
+        return np.minimum(frame, self.scene.n_frames - 1)
+
+    def _update_flags(self, cars: Cars, i, frame, rows=None, valid=None) -> None:
         sc = self.scene
         out_of_data = cars.frame[i] >= sc.n_frames
-        frame = np.minimum(cars.frame[i], sc.n_frames - 1)
-        collision = self.collides(cars, i, frame) & ~out_of_data
+        collision = self.collides(cars, i, frame, rows, valid) & ~out_of_data
         off_road = ~sc.road.on_road(cars.center_x[i], cars.center_y[i]) & ~collision
         success = (cars.y[i] >= sc.success_y) & ~collision & ~off_road
         truncated = out_of_data & ~success & ~off_road
@@ -176,27 +188,44 @@ class ReplaySimulator:
             valid &= sc.track[rows] != np.asarray(exclude_track)[:, None]
         return rows, valid
 
-    def collides(self, cars: Cars, i, frame) -> np.ndarray:
+    def collides(self, cars: Cars, i, frame, rows=None, valid=None) -> np.ndarray:
+        """Which of the cars ``i`` overlap a replayed vehicle at ``frame`` (oriented boxes)."""
         sc = self.scene
-        rows, valid = self.neighbours(frame, cars.center_x[i], cars.center_y[i], cars.track[i],
-                                      reach=0.0)
+        if rows is None:
+            rows, valid = self.neighbours(frame, cars.center_x[i], cars.center_y[i],
+                                          cars.track[i], reach=0.0)
+        hit = np.zeros(len(i), dtype=bool)
         if rows.shape[1] == 0:
-            return np.zeros(len(i), dtype=bool)
-        hit = boxes_overlap(
-            cars.x[i, None], cars.y[i, None], cars.ux[i, None], cars.uy[i, None],
-            cars.length[i, None], cars.width[i, None],
-            sc.x[rows], sc.y[rows], sc.ux[rows], sc.uy[rows], sc.length[rows], sc.width[rows])
-        return (hit & valid).any(axis=1)
+            return hit
+        # Only pairs whose bounding circles meet need the separating-axis test.
+        dx = (sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]) - cars.center_x[i, None]
+        dy = (sc.y[rows] - 0.5 * sc.length[rows] * sc.uy[rows]) - cars.center_y[i, None]
+        reach = 0.5 * (np.hypot(sc.length[rows], sc.width[rows])
+                       + np.hypot(cars.length[i], cars.width[i])[:, None])
+        near = valid & (dx * dx + dy * dy < reach * reach)
+        car, col = np.nonzero(near)
+        if len(car) == 0:
+            return hit
+        r = rows[car, col]
+        ci = i[car]
+        pair = boxes_overlap(cars.x[ci], cars.y[ci], cars.ux[ci], cars.uy[ci], cars.length[ci],
+                             cars.width[ci], sc.x[r], sc.y[r], sc.ux[r], sc.uy[r], sc.length[r],
+                             sc.width[r])
+        hit[car[pair]] = True
+        return hit
 
     # ---------------------------------------------------------- observation
     def images_at(self, frame, cx, cy, exclude_track) -> np.ndarray:
         """State images (N, 3, 117, 24) uint8 centred on (cx, cy) at the given frames,
         without the vehicle of ``exclude_track``."""
-        sc = self.scene
-        frame = np.minimum(np.asarray(frame, dtype=np.int64), sc.n_frames - 1)
+        frame = self._frames(np.asarray(frame, dtype=np.int64))
         cx = np.asarray(cx, dtype=float)
         cy = np.asarray(cy, dtype=float)
         rows, valid = self.neighbours(frame, cx, cy, exclude_track)
+        return self._render(cx, cy, rows, valid)
+
+    def _render(self, cx, cy, rows, valid) -> np.ndarray:
+        sc = self.scene
         ox, oy, lng = sc.x[rows], sc.y[rows], sc.length[rows]
         valid = valid & (np.abs(ox - cx[:, None]) < LOOK_SIDE + 3.0)
         half_w = 0.5 * sc.width[rows]

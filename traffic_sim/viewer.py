@@ -282,8 +282,7 @@ class Viewer:
             return "finished" if self.finished else self.status
         action = self.actions()
         self.last_action = action[0].copy()
-        self.sim.step(self.cars, action)
-        self.obs = self.sim.observe(self.cars)
+        self.obs = self.sim.step(self.cars, action, observe=True)
         if self.costs_fn is not None:
             costs = self.costs_fn(self.sim, self.cars)
             self.costs = {k: float(np.asarray(v).ravel()[0]) for k, v in dict(costs).items()}
