@@ -64,19 +64,22 @@ def lane_mask(length):
     return along[:, :, None] * across[None, None, :]
 
 
-def _masked_max(channel, along, across):
-    """max over pixels of (along (x) across) * channel, without forming the mask: the
-    profiles are non-negative, so the max separates into rows then columns."""
-    return ((channel * across[..., None, :]).max(axis=2) * along).max(axis=1)
-
-
 def image_costs(images, speed, length, width) -> dict:
     """Costs of N cars from their state images (N, 3, 117, 24) uint8: a dict of (N,) arrays
     ``proximity_cost``, ``lane_cost`` and ``offroad_cost``, each in [0, 1]."""
     img = np.asarray(images, dtype=np.float32) * (1.0 / 255.0)
     prox_along, prox_across, lane_along, lane_across = _profiles(speed, length, width)
+    n = len(prox_along)
+    along = np.empty((n, 3, prox_along.shape[1]))
+    across = np.empty((n, 3, prox_across.shape[1]))
+    along[:, VEHICLES_CHANNEL], across[:, VEHICLES_CHANNEL] = prox_along, prox_across
+    for ch in (LANES_CHANNEL, OFFROAD_CHANNEL):
+        along[:, ch], across[:, ch] = lane_along, lane_across
+    # max over pixels of (along x across) * channel: the profiles are non-negative, so the
+    # max separates into columns then rows, without forming the masks.
+    cost = ((img * across[:, :, None, :]).max(axis=3) * along).max(axis=2)  # (N, 3)
     return {
-        "proximity_cost": _masked_max(img[:, VEHICLES_CHANNEL], prox_along, prox_across),
-        "lane_cost": _masked_max(img[:, LANES_CHANNEL], lane_along, lane_across),
-        "offroad_cost": _masked_max(img[:, OFFROAD_CHANNEL], lane_along, lane_across),
+        "proximity_cost": cost[:, VEHICLES_CHANNEL],
+        "lane_cost": cost[:, LANES_CHANNEL],
+        "offroad_cost": cost[:, OFFROAD_CHANNEL],
     }

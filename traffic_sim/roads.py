@@ -14,6 +14,7 @@ same code with different roads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -77,11 +78,12 @@ class Road:
         Lanes that reach an end of the study area are taken to go on beyond it."""
         x = np.asarray(x, dtype=float)[..., None]
         y = np.asarray(y, dtype=float)[..., None]
-        left, right, y0, y1, ids = self._bounds()
+        left, right, y0, y1, ids = self._bounds
         inside = (x >= left) & (x < right) & (y >= y0) & (y <= y1)  # (..., lanes)
         first = np.argmax(inside, axis=-1)
         return np.where(inside.any(axis=-1), ids[first], 0).astype(np.int16)
 
+    @cached_property
     def _bounds(self):
         lanes = self.lanes
         left = np.array([lane.left for lane in lanes])

@@ -197,12 +197,15 @@ class ReplaySimulator:
         hit = np.zeros(len(i), dtype=bool)
         if rows.shape[1] == 0:
             return hit
-        # Only pairs whose bounding circles meet need the separating-axis test.
-        dx = (sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]) - cars.center_x[i, None]
-        dy = (sc.y[rows] - 0.5 * sc.length[rows] * sc.uy[rows]) - cars.center_y[i, None]
-        reach = 0.5 * (np.hypot(sc.length[rows], sc.width[rows])
-                       + np.hypot(cars.length[i], cars.width[i])[:, None])
-        near = valid & (dx * dx + dy * dy < reach * reach)
+        # Only pairs whose axis-aligned bounding boxes meet need the separating-axis test.
+        lng, wid, ux, uy = sc.length[rows], sc.width[rows], np.abs(sc.ux[rows]), np.abs(sc.uy[rows])
+        dx = np.abs(sc.x[rows] - 0.5 * lng * sc.ux[rows] - cars.center_x[i, None])
+        dy = np.abs(sc.y[rows] - 0.5 * lng * sc.uy[rows] - cars.center_y[i, None])
+        cl, cw = cars.length[i], cars.width[i]
+        cux, cuy = np.abs(cars.ux[i]), np.abs(cars.uy[i])
+        reach_x = 0.5 * (lng * ux + wid * uy + (cl * cux + cw * cuy)[:, None])
+        reach_y = 0.5 * (lng * uy + wid * ux + (cl * cuy + cw * cux)[:, None])
+        near = valid & (dx < reach_x) & (dy < reach_y)
         car, col = np.nonzero(near)
         if len(car) == 0:
             return hit
