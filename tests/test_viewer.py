@@ -122,7 +122,7 @@ def test_episode_ends_shows_its_status_then_goes_on(scene):
     # The end of each episode stays on screen for the hold (3 ticks), then the next starts.
     first_end = statuses.index(ended[0])
     assert statuses[first_end:first_end + 4] == [ended[0]] * 4
-    assert viewer.render_frame().shape == (300, 1200, 3)
+    assert viewer.render_frame().shape == (304, 1200, 3)
 
 
 def test_keys_and_hand_driving(scene):

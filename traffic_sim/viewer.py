@@ -181,7 +181,7 @@ class Viewer:
     """
 
     def __init__(self, scene: Scene, policy="human", episodes=None, seed: int = 0,
-                 fps: float = 10.0, size=(1200, 300), px_per_m: float = 8.0,
+                 fps: float = 10.0, size=(1200, 304), px_per_m: float = 8.0,
                  costs_fn: Optional[Callable] = None, anchor: float = 0.4,
                  end_hold_s: float = END_HOLD_S):
         self.scene = scene
@@ -706,7 +706,7 @@ _record = record
 
 
 def watch(scene: Scene, policy="human", episodes=None, record: Optional[str] = None,
-          max_steps: Optional[int] = None, seed: int = 0, fps: float = 10.0, size=(1200, 300),
+          max_steps: Optional[int] = None, seed: int = 0, fps: float = 10.0, size=(1200, 304),
           costs_fn: Optional[Callable] = None):
     """Watch episodes in a window, or record them to ``record`` (see :func:`record`).
 
@@ -723,7 +723,7 @@ class EnvRenderer:
     ``draw(cars, image, action)`` returns the (H, W, 3) frame and, with ``window=True``, also
     shows it in a pygame window."""
 
-    def __init__(self, scene: Scene, window: bool = False, size=(1200, 300)):
+    def __init__(self, scene: Scene, window: bool = False, size=(1200, 304)):
         self.viewer = Viewer(scene, policy="no-action", episodes=scene.episodes["all"][:1],
                              size=size)
         self.window = None
