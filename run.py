@@ -14,6 +14,7 @@ generated into ./artifacts on first use.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -35,9 +36,16 @@ def _commands():
     }
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
+    import warnings
+
     from traffic_sim.cli_util import UserError, add_config_arguments, config_from_args
 
+    warnings.showwarning = _one_line_warning
     commands = _commands()
     parser = argparse.ArgumentParser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +61,9 @@ def main(argv=None) -> int:
     config_cls, action = commands[args.command]
     try:
         action(config_from_args(config_cls, args))
+    except BrokenPipeError:  # the output was piped into a command that stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was left behind", file=sys.stderr)
         return 130

@@ -15,7 +15,6 @@ from traffic_sim.scene import Scene
 def small_scene():
     """Two minutes of default synthetic traffic (after the usual warm-up), as a Scene."""
     table = generate(GeneratorConfig(minutes=2.0, seed=11))
-    table["track_id"] = table["vehicle_id"]
     return Scene.from_table(table)
 
 

@@ -16,7 +16,6 @@ def outcomes():
     result = {"human": [], "no-action": []}
     for seed in (0, 1):
         table = generate(GeneratorConfig(minutes=5.0, seed=seed))
-        table["track_id"] = table["vehicle_id"]
         scene = Scene.from_table(table)
         for policy in result:
             result[policy].append(run_episodes(scene, scene.episodes["all"], policy))

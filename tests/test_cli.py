@@ -10,12 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, env_dir=None):
-    import os
-
-    env = dict(os.environ)
+def run(*args):
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
+                          text=True, cwd=ROOT)
 
 
 def test_evaluate_writes_the_csv(traffic_file, tmp_path):
@@ -54,10 +51,32 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
+GOOD_ROW = "1 12 884 1113433136100 16.884 48.213 6042842.12 2133117.45 14.3 6.4 2 12.50 0.00 2 0 13 0.00 0.00\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"\x00\x01\x02 binary", "not a text file"),
+    (GOOD_ROW.rsplit(" ", 1)[0].encode() + b"\n", "expected 18 columns, got 17"),
+    (GOOD_ROW.replace(" 14.3 ", " -2 ").encode(), "impossible vehicle length"),
+])
+def test_bad_files_through_the_cli(tmp_path, content, message):
+    bad = tmp_path / "i80-bad.txt"
+    bad.write_bytes(content)
+    for args in (["inspect", str(bad)], ["evaluate", "--trajectories", str(bad)]):
+        r = run(*args)
+        assert r.returncode == 2
+        assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    r = run("inspect", str(tmp_path))
+    assert r.returncode == 2 and "directory" in r.stderr
+
+
 def test_bad_file_names_file_and_line(tmp_path):
     bad = tmp_path / "i80-bad.txt"
-    good = "1 12 884 1113433136100 16.884 48.213 6042842.12 2133117.45 14.3 6.4 2 12.50 0.00 2 0 13 0.00 0.00\n"
-    bad.write_text(good + good.replace(" 12 ", " 13 ", 1).replace("48.213", "abc"))
+    bad.write_text(GOOD_ROW + GOOD_ROW.replace(" 12 ", " 13 ", 1).replace("48.213", "abc"))
     r = run("inspect", str(bad))
     assert r.returncode == 2
     assert f"{bad}:2:" in r.stderr and len(r.stderr.strip().splitlines()) == 1

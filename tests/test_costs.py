@@ -54,3 +54,19 @@ def test_lane_cost_low_in_lane_high_on_a_line():
     c = image_costs(img, [10.0, 10.0], [LENGTH] * 2, [WIDTH] * 2)
     assert c["lane_cost"][0] < 0.05
     assert c["lane_cost"][1] > 0.4
+
+
+def test_full_masks_agree_with_the_separable_costs():
+    from traffic_sim.costs import lane_mask, proximity_mask
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (4, 3, IMAGE_H, IMAGE_W), dtype=np.uint8)
+    speed, length, width = [3.0, 10.0, 0.0, 25.0], [4.0, 4.8, 12.0, 2.2], [1.8, 1.9, 2.5, 0.9]
+    c = image_costs(img, speed, length, width)
+    f = img.astype(float) / 255.0
+    prox = (proximity_mask(speed, length, width) * f[:, VEHICLES_CHANNEL]).max(axis=(1, 2))
+    lane = (lane_mask(length) * f[:, LANES_CHANNEL]).max(axis=(1, 2))
+    assert c["proximity_cost"] == pytest.approx(prox, abs=1e-6)
+    assert c["lane_cost"] == pytest.approx(lane, abs=1e-6)
+    assert proximity_mask(10.0, 4.5, 1.8).shape == (1, IMAGE_H, IMAGE_W)  # scalars work too
+    assert lane_mask(4.5).shape == (1, IMAGE_H, IMAGE_W)

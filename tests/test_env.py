@@ -19,8 +19,8 @@ def test_registered():
 
 
 def test_check_env(env_kwargs):
-    env = gym.make(traffic_sim.ENV_ID, **env_kwargs, history=3)
-    check_env(env.unwrapped, skip_render_check=True)
+    env = gym.make(traffic_sim.ENV_ID, **env_kwargs, history=3, render_mode="rgb_array")
+    check_env(env.unwrapped)
     obs, info = env.reset(seed=0)
     assert obs["image"].shape == (3, 3, 117, 24) and obs["image"].dtype == np.uint8
     assert obs["state"].shape == (3, 4)

@@ -144,3 +144,17 @@ def test_ids_in_order_of_entry_and_positions_advance(traffic):
     step = np.diff(t["y"].to_numpy())[same]
     mean_v = 0.5 * (t["speed"].to_numpy()[1:] + t["speed"].to_numpy()[:-1])[same]
     assert np.max(np.abs(step - mean_v * DT)) < 0.05
+
+
+def _file_bytes(tmp_path, name, **settings):
+    from traffic_sim.ngsim import write_raw
+
+    path = tmp_path / name
+    write_raw(generate(GeneratorConfig(minutes=0.5, warmup_s=60.0, **settings)), path)
+    return path.read_bytes()
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = _file_bytes(tmp_path, "a.txt", seed=3)
+    assert a == _file_bytes(tmp_path, "b.txt", seed=3)
+    assert a != _file_bytes(tmp_path, "c.txt", seed=4)

@@ -134,8 +134,6 @@ def test_no_action_collides_and_the_boxes_really_overlap(small_scene):
 
 
 def test_splits_are_disjoint_and_stable(small_scene):
-    from traffic_sim.scene import Scene
-
     sc = small_scene
     parts = [set(sc.episodes[s].tolist()) for s in ("train", "val", "test")]
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])

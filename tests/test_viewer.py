@@ -19,7 +19,6 @@ from traffic_sim.viewer import (CONTROLLED, HUD_HEIGHT, RECORDED, ROAD, Viewer, 
 @pytest.fixture(scope="module")
 def scene():
     df = generate(GeneratorConfig(minutes=1.0, seed=1, warmup_s=300))
-    df["track_id"] = df["vehicle_id"]
     return Scene.from_table(df)
 
 

@@ -36,14 +36,15 @@ def generate_command(cfg: GenerateConfig) -> Path:
     and a ``.json`` beside it with the generator settings; return the trajectory file."""
     from .ngsim import write_raw
 
-    if not (cfg.minutes > 0 and math.isfinite(cfg.minutes)):
-        raise UserError(f"--minutes must be a positive number, got {cfg.minutes}")
+    if not (math.isfinite(cfg.minutes) and cfg.minutes * 60.0 >= DT):
+        raise UserError(f"--minutes must be at least one frame ({DT / 60:.4f}), got {cfg.minutes}")
     if cfg.minutes > 24 * 60:
         raise UserError(f"--minutes {cfg.minutes} is more than a day of traffic; use at most 1440")
+    if not 0 <= cfg.seed < 2**63:
+        raise UserError(f"--seed must be a non-negative integer, got {cfg.seed}")
     out = Path(cfg.out) if cfg.out else default_traffic_dir()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     gen_cfg = GeneratorConfig(minutes=cfg.minutes, seed=cfg.seed)
     steps = int(round(gen_cfg.warmup_s / DT)) + int(round(gen_cfg.minutes * 60.0 / DT))
     if cfg.quiet:
@@ -53,6 +54,7 @@ def generate_command(cfg: GenerateConfig) -> Path:
 
         with tqdm(total=steps, desc="simulating", unit="step", unit_scale=True) as bar:
             table = generate(gen_cfg, progress=bar.update)
+    out.mkdir(parents=True, exist_ok=True)
     path = out / TRAFFIC_FILE
     write_raw(table, path)
     meta = {
@@ -81,14 +83,16 @@ class InspectConfig:
 
     path: Optional[str] = doc("trajectory file (default: the embedded default traffic)", None,
                               positional=True)
-    location: Optional[str] = doc("location of a raw file whose name does not say it "
+    location: Optional[str] = doc("the location to summarise in a file of several, or where a "
+                                  "file of one was recorded if its name does not say it "
                                   "(i-80, us-101, synthetic-i80)", None)
 
 
 def inspect_command(cfg: InspectConfig) -> str:
+    from .loading import choose_location
     from .ngsim import read_trajectories
     from .summary import format_summary, summarize
 
     path = Path(cfg.path) if cfg.path else default_traffic()
-    table = read_trajectories(path, location=cfg.location)
+    table = choose_location(read_trajectories(path), cfg.location, path)
     return format_summary(summarize(table), str(path))

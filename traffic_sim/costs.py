@@ -54,13 +54,15 @@ _LANE_ACROSS = _ramp(_ACROSS, 0.0, _LANE_HALF)
 
 def proximity_mask(speed, length, width):
     """(N, 117, 24) proximity masks for cars of the given speeds [m/s] and sizes [m]."""
+    speed, length, width = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (speed, length, width))
     along, across, _, _ = _profiles(speed, length, width)
     return along[:, :, None] * across[:, None, :]
 
 
 def lane_mask(length):
     """(N, 117, 24) lane (and off-road) masks for cars of the given lengths [m]."""
-    _, _, along, across = _profiles(np.zeros(len(np.atleast_1d(length))), length, np.ones_like(length))
+    length = np.atleast_1d(np.asarray(length, dtype=float))
+    _, _, along, across = _profiles(np.zeros(len(length)), length, np.ones_like(length))
     return along[:, :, None] * across[None, None, :]
 
 

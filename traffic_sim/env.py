@@ -92,7 +92,7 @@ class TrafficEnv(gym.Env):
         options = options or {}
         if "track" in options:
             track = int(options["track"])
-            if self.scene.ep_row[track] < 0:
+            if not 0 <= track < self.scene.n_tracks or self.scene.ep_row[track] < 0:
                 raise ValueError(f"track {track} is not usable as an episode")
         else:
             track = int(self.episodes[self.np_random.integers(len(self.episodes))])

@@ -13,10 +13,9 @@ import numpy as np
 
 from .cli_util import UserError, doc
 from .paths import artifacts_dir, atomic_output
-from .scene import DT, Scene
-from .sim import ReplaySimulator
+from .scene import DT, SPLITS, Scene
+from .sim import BUILTIN_POLICIES, ReplaySimulator, builtin_actions
 
-BUILTIN_POLICIES = ("human", "no-action")
 CSV_COLUMNS = ("policy", "episodes", "success_rate", "collision_rate", "offroad_rate",
                "mean_distance_m", "mean_time_s")
 
@@ -32,10 +31,8 @@ def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None)
         if callable(policy) and hasattr(policy, "reset"):
             policy.reset(cars.track.copy())
         while not cars.done.all():
-            if policy == "human":
-                actions = sim.human_actions(cars)
-            elif policy == "no-action":
-                actions = np.zeros((len(cars.track), 2))
+            if isinstance(policy, str):
+                actions = builtin_actions(sim, cars, policy)
             else:
                 actions = np.asarray(policy(sim, cars), dtype=float)
             sim.step(cars, actions)
@@ -86,7 +83,8 @@ class EvaluateConfig:
 
     policy: str = doc("policies to evaluate, comma-separated: human, no-action", "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")
-    episodes: Optional[int] = doc("evaluate only the first N episodes of the split", None)
+    episodes: Optional[int] = doc("evaluate a random subset of N episodes of the split", None)
+    seed: int = doc("seed of that subset", 0)
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
     location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
     out: Optional[str] = doc("CSV file of results (default: artifacts/eval/evaluate-SPLIT.csv)", None)
@@ -96,19 +94,26 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     """Run the evaluation; returns the printed table and the CSV path."""
     from .loading import load_scene
 
-    names = [p.strip() for p in cfg.policy.split(",") if p.strip()]
+    names = list(dict.fromkeys(p.strip() for p in cfg.policy.split(",") if p.strip()))
     policies = dict(policies or {})
     for name in names:
         if name not in BUILTIN_POLICIES and name not in policies:
             raise UserError(f"unknown policy {name!r}: choose from {', '.join(BUILTIN_POLICIES)}")
+    if not names:
+        raise UserError("--policy names no policy")
     if cfg.episodes is not None and cfg.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
+    if cfg.split not in SPLITS + ("all",):
+        raise UserError(f"unknown split {cfg.split!r}: choose from {', '.join(SPLITS + ('all',))}")
+    out = Path(cfg.out) if cfg.out else artifacts_dir() / "eval" / f"evaluate-{cfg.split}.csv"
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name such as {out / 'results.csv'}")
     scene = load_scene(cfg.trajectories, cfg.location, quiet=False)
-    if cfg.split not in scene.episodes:
-        raise UserError(f"unknown split {cfg.split!r}: choose from train, val, test, all")
     tracks = scene.episodes[cfg.split]
-    if cfg.episodes is not None:
-        tracks = tracks[:cfg.episodes]
+    if cfg.episodes is not None and cfg.episodes < len(tracks):
+        # A seeded random subset: the first tracks are the vehicles on the road at the start.
+        pick = np.random.default_rng(cfg.seed).choice(len(tracks), cfg.episodes, replace=False)
+        tracks = tracks[np.sort(pick)]
     if len(tracks) == 0:
         raise UserError(f"split {cfg.split!r} has no episodes in this data")
     rows = []
@@ -118,6 +123,5 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
         row = summarise(name, outcome)
         rows.append(row)
         print(f"{name}: {len(tracks)} episodes in {time.perf_counter() - t0:.1f} s")
-    out = Path(cfg.out) if cfg.out else artifacts_dir() / "eval" / f"evaluate-{cfg.split}.csv"
     write_csv(rows, out)
     return format_table(rows), out

@@ -23,19 +23,18 @@ those settings. The simulation is deterministic under a seed: same seed, same by
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .roads import LANE_WIDTH, Road, synthetic_i80_road
+from .ngsim import COLUMNS, DT, DTYPES, MS_PER_FRAME, STOPPED_TIME_HEADWAY
+from .roads import FT, LANE_WIDTH, Road, synthetic_i80_road
 
-DT = 0.1  # [s] NGSIM frame period
 START_TIME_MS = 1113433135000  # [ms] Global_Time of frame 0: 13 Apr 2005, 15:58:55 PDT
+GLOBAL_ORIGIN_FT = (6042000.0, 2133000.0)  # [ft] state-plane position of the local origin
+GLOBAL_HEADING_DEG = -34.0  # [deg] direction of travel, clockwise from grid north
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,17 @@ class GeneratorConfig:
     blocked_s: tuple[float, float] = (2.0, 6.0)  # [s]
     target_in_view: float = 135.0  # [veh] study-area occupancy the bottleneck steers towards
     control_gain: float = 4.0  # phase-length change per unit of relative occupancy error
+    blocked_scale: tuple[float, float] = (0.25, 3.0)  # bounds of that change, blocked phases
+    open_scale: tuple[float, float] = (0.5, 2.0)  # and open phases
 
     # IDM common parameters.
     jam_distance: float = 2.0  # [m] IDM s0
     idm_delta: float = 4.0  # IDM acceleration exponent
     min_gap: float = 1.0  # [m] bumper-to-bumper distance never undercut
+    min_desired_share: float = 0.6  # desired speeds are at least this share of the class mean
+    entry_max_speed: float = 30.0  # [m/s] fastest speed at the upstream boundary
+    entry_catch_up_s: float = 5.0  # [s] an entering car closes its spare gap over this time
+    max_stop_dec: float = 4.0  # [m/s^2] braking a driver accepts to stop for a blocked lane
 
     # MOBIL lane changing.
     politeness: float = 0.3
@@ -88,6 +93,7 @@ class GeneratorConfig:
     change_time_s: float = 4.0  # [s] duration of a lane change at the current speed
     change_min_dist: float = 20.0  # [m] shortest road length a lane change spans
     change_lengths: float = 6.0  # shortest lane change, in vehicle lengths
+    no_change_zone_m: float = 20.0  # [m] no lane changes this close to the entry or bottleneck
 
     # On-ramp merging.
     merge_bias: float = 3.0  # [m/s^2] extra gain of leaving the ramp
@@ -102,8 +108,13 @@ class GeneratorConfig:
         )
     )
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+
+NO_GAP = 1e4  # [m] gap to a leader that does not exist
+
+
+def _lane_key(lane, y):
+    """Sort key of a lane occupancy: by lane, then by position (y within -1,000..9,000 m)."""
+    return lane * 10000.0 + (y + 1000.0)
 
 
 def _idm(v, v0, T, a, b, gap, dv, s0, delta):
@@ -151,7 +162,6 @@ class TrafficGenerator:
         self.ramp_index = self.n_main  # simulation lane index of the on-ramp
         ramp = [lane for lane in self.road.lanes if lane.kind == "on-ramp"]
         self.ramp_end = ramp[0].y_end if ramp else -math.inf  # [m]
-        self.lane_ids = np.array([lane.lane_id for lane in main] + [7], dtype=np.int64)
         self.centers = np.array([(i + 0.5) * LANE_WIDTH for i in range(self.n_main + 1)])
         self.y_bottleneck = self.road.length + config.bottleneck_m  # [m]
         self.y_exit = self.y_bottleneck + config.exit_m  # [m]
@@ -190,7 +200,7 @@ class TrafficGenerator:
         cfg = self.cfg
         shares = np.array([c.share for c in cfg.classes])
         cls = cfg.classes[self.rng.choice(len(cfg.classes), p=shares / shares.sum())]
-        v0 = max(cls.v0[0] + cls.v0[1] * self.rng.standard_normal(), 0.6 * cls.v0[0])
+        v0 = max(cls.v0[0] + cls.v0[1] * self.rng.standard_normal(), self.cfg.min_desired_share * cls.v0[0])
         return dict(
             y=y, v=min(v0, v_max), acc=0.0, lane=lane, lane_from=lane, prog=1.0, lc_dist=1.0,
             x=self.centers[lane], x_start=self.centers[lane], length=self.rng.uniform(*cls.length),
@@ -208,7 +218,7 @@ class TrafficGenerator:
             if self.waiting[lane] == 0:
                 continue
             if self.pending[lane] is None:
-                self.pending[lane] = self._new_vehicle(lane, self.y_entry, v_max=30.0)
+                self.pending[lane] = self._new_vehicle(lane, self.y_entry, v_max=self.cfg.entry_max_speed)
             candidate = self.pending[lane]
             occupying = (veh.lane == lane) | (veh.lane_from == lane)
             if occupying.any():
@@ -217,9 +227,10 @@ class TrafficGenerator:
                 gap = veh.y[last] - veh.length[last] - self.y_entry
                 v_lead = veh.v[last]
                 needed = self.cfg.jam_distance + candidate["T"] * v_lead
-                if gap < needed + 1.0:
+                if gap < needed + self.cfg.min_gap:
                     continue  # the vehicle waits upstream (point queue)
-                candidate["v"] = min(candidate["v"], v_lead + 0.2 * (gap - needed))
+                # Faster than the car ahead only by what the spare gap allows.
+                candidate["v"] = min(candidate["v"], v_lead + (gap - needed) / self.cfg.entry_catch_up_s)
             self.veh.append(**candidate)
             self.pending[lane] = None
             self.waiting[lane] -= 1
@@ -232,7 +243,7 @@ class TrafficGenerator:
         changing = np.flatnonzero(veh.lane_from != veh.lane)
         owner = np.concatenate([np.arange(n), changing])
         lane = np.concatenate([veh.lane, veh.lane_from[changing]])
-        key = lane * 10000.0 + (veh.y[owner] + 1000.0)
+        key = _lane_key(lane, veh.y[owner])
         order = np.argsort(key, kind="stable")
         return owner[order], lane[order], key[order]
 
@@ -248,7 +259,7 @@ class TrafficGenerator:
         has_lead = np.zeros(m, dtype=bool)
         has_lead[:-1] = e_lane[1:] == e_lane[:-1]
         lead = np.where(has_lead, np.append(owner[1:], 0), 0)
-        gap = np.where(has_lead, veh.y[lead] - veh.length[lead] - veh.y[owner], 1e4)
+        gap = np.where(has_lead, veh.y[lead] - veh.length[lead] - veh.y[owner], NO_GAP)
         dv = np.where(has_lead, veh.v[owner] - veh.v[lead], 0.0)
         e_acc = self._idm_of(owner, gap, dv)
         acc = np.full(n, np.inf)
@@ -262,7 +273,7 @@ class TrafficGenerator:
         lanes_now = np.minimum(veh.lane, self.n_main - 1)
         blocked = before & (self.blocked[lanes_now] | self.blocked[np.minimum(veh.lane_from, self.n_main - 1)])
         dist = self.y_bottleneck - veh.y
-        stoppable = dist > veh.v ** 2 / (2.0 * 4.0) + 1.0
+        stoppable = dist > veh.v ** 2 / (2.0 * cfg.max_stop_dec) + cfg.min_gap
         obstacle = blocked & stoppable
         if obstacle.any():
             i = np.flatnonzero(obstacle)
@@ -345,10 +356,10 @@ class TrafficGenerator:
         for lane in lanes:
             self.blocked[lane] = not self.blocked[lane]
             if self.blocked[lane]:
-                scale = np.clip(1.0 - gain * pressure, 0.25, 3.0)
+                scale = np.clip(1.0 - gain * pressure, *cfg.blocked_scale)
                 span = cfg.blocked_s
             else:
-                scale = np.clip(1.0 + gain * pressure, 0.5, 2.0)
+                scale = np.clip(1.0 + gain * pressure, *cfg.open_scale)
                 span = cfg.open_s
             self.phase_end[lane] = t + scale * self.rng.uniform(*span)
 
@@ -377,8 +388,8 @@ class TrafficGenerator:
         cfg = self.cfg
         veh = self.veh
         n = len(veh)
-        idle = (veh.prog >= 1.0) & (veh.cooldown <= 0.0) & (veh.y > self.y_entry + 20.0)
-        idle &= veh.y < self.y_bottleneck - 10.0
+        idle = (veh.prog >= 1.0) & (veh.cooldown <= 0.0) & (veh.y > self.y_entry + cfg.no_change_zone_m)
+        idle &= veh.y < self.y_bottleneck - cfg.no_change_zone_m
         consider = idle & (self.rng.random(n) < cfg.change_prob)
         on_ramp = veh.lane == self.ramp_index
         consider |= idle & on_ramp  # ramp drivers look for a gap every step
@@ -386,7 +397,7 @@ class TrafficGenerator:
         if len(cand) == 0:
             return
         # Position of each candidate's own entry, to find its current follower.
-        pos_self = np.searchsorted(keys, veh.lane[cand] * 10000.0 + veh.y[cand] + 1000.0, side="left")
+        pos_self = np.searchsorted(keys, _lane_key(veh.lane[cand], veh.y[cand]), side="left")
         has_old_f = (pos_self > 0) & (e_lane[np.maximum(pos_self - 1, 0)] == veh.lane[cand])
         old_f = owner[np.maximum(pos_self - 1, 0)]
         has_old_l = (pos_self + 1 < len(keys)) & (e_lane[np.minimum(pos_self + 1, len(keys) - 1)] == veh.lane[cand])
@@ -394,7 +405,7 @@ class TrafficGenerator:
 
         # Behind a stopped car, the car must be able to clear its own lane before reaching it,
         # or two cars could wait for each other for ever (at a ramp end, say).
-        gap_own = np.where(has_old_l, veh.y[old_l] - veh.length[old_l] - veh.y[cand], 1e4)
+        gap_own = np.where(has_old_l, veh.y[old_l] - veh.length[old_l] - veh.y[cand], NO_GAP)
         v_own = np.where(has_old_l, veh.v[old_l], np.inf)
         room = (gap_own > 0.5 * cfg.change_min_dist + cfg.jam_distance) | (v_own > 1.0)
         best_gain = np.full(len(cand), -np.inf)
@@ -408,18 +419,18 @@ class TrafficGenerator:
             if not valid.any():
                 continue
             tgt = np.where(valid, target, 0)
-            pos = np.searchsorted(keys, tgt * 10000.0 + veh.y[cand] + 1000.0, side="right")
+            pos = np.searchsorted(keys, _lane_key(tgt, veh.y[cand]), side="right")
             L_ok = (pos < len(keys)) & (e_lane[np.minimum(pos, len(keys) - 1)] == tgt)
             L = owner[np.minimum(pos, len(keys) - 1)]
             F_ok = (pos > 0) & (e_lane[np.maximum(pos - 1, 0)] == tgt)
             F = owner[np.maximum(pos - 1, 0)]
-            gap_l = np.where(L_ok, veh.y[L] - veh.length[L] - veh.y[cand], 1e4)
-            gap_f = np.where(F_ok, veh.y[cand] - veh.length[cand] - veh.y[F], 1e4)
+            gap_l = np.where(L_ok, veh.y[L] - veh.length[L] - veh.y[cand], NO_GAP)
+            gap_f = np.where(F_ok, veh.y[cand] - veh.length[cand] - veh.y[F], NO_GAP)
             a_new = self._idm_of(cand, gap_l, np.where(L_ok, veh.v[cand] - veh.v[L], 0.0))
             a_f_new = np.where(F_ok, self._idm_of(F, gap_f, veh.v[F] - veh.v[cand]), 0.0)
             a_f_old = np.where(F_ok, free_acc[F], 0.0)
             # Old follower would follow the old leader instead of the candidate.
-            gap_o = np.where(has_old_f & has_old_l, veh.y[old_l] - veh.length[old_l] - veh.y[old_f], 1e4)
+            gap_o = np.where(has_old_f & has_old_l, veh.y[old_l] - veh.length[old_l] - veh.y[old_f], NO_GAP)
             dv_o = np.where(has_old_f & has_old_l, veh.v[old_f] - veh.v[old_l], 0.0)
             a_o_new = np.where(has_old_f, self._idm_of(old_f, gap_o, dv_o), 0.0)
             a_o_old = np.where(has_old_f, free_acc[old_f], 0.0)
@@ -464,7 +475,7 @@ class TrafficGenerator:
         ])
         # A ramp car must be over the lane line before the ramp ends.
         from_ramp = veh.lane_from[movers] == self.ramp_index
-        room_left = 2.0 * (self.ramp_end - veh.y[movers]) - 2.0
+        room_left = 2.0 * (self.ramp_end - veh.y[movers]) - cfg.jam_distance
         veh.lc_dist[movers] = np.where(from_ramp, np.maximum(np.minimum(lc_dist, room_left),
                                                              cfg.change_min_dist), lc_dist)
 
@@ -526,29 +537,30 @@ def finish_ngsim_columns(df: pd.DataFrame, location: str) -> pd.DataFrame:
     speed = df["speed"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         time_headway = np.where((speed > 0) & same_next, headway / np.maximum(speed, 1e-9), 0.0)
-    time_headway = np.where(same_next & (speed <= 0), 9999.99, np.minimum(time_headway, 9999.99))
+    time_headway = np.where(same_next & (speed <= 0), STOPPED_TIME_HEADWAY,
+                            np.minimum(time_headway, STOPPED_TIME_HEADWAY))
     df["preceding"] = preceding
     df["following"] = following
     df["space_headway"] = headway
     df["time_headway"] = time_headway
     df["total_frames"] = df.groupby("vehicle_id")["frame"].transform("size").astype(np.int64)
-    df["global_time"] = START_TIME_MS + 100 * df["frame"].astype(np.int64)
+    df["global_time"] = START_TIME_MS + MS_PER_FRAME * df["frame"].astype(np.int64)
     # A fixed placement of the local frame in state-plane coordinates [m]: the road runs
     # along `heading` (clockwise from grid north), lateral x points to the driver's right.
-    heading = math.radians(-34.0)
-    gx0, gy0 = 6042000.0 * 0.3048, 2133000.0 * 0.3048  # [m] origin of the local frame
+    heading = math.radians(GLOBAL_HEADING_DEG)
+    gx0, gy0 = GLOBAL_ORIGIN_FT[0] * FT, GLOBAL_ORIGIN_FT[1] * FT  # [m] origin of the local frame
     along = (math.sin(heading), math.cos(heading))
     right = (math.cos(heading), -math.sin(heading))
     df["global_x"] = gx0 + df["y"] * along[0] + df["x"] * right[0]
     df["global_y"] = gy0 + df["y"] * along[1] + df["x"] * right[1]
-    df["location"] = location
-    return df.sort_values(["frame", "vehicle_id"], kind="stable").reset_index(drop=True)
+    df["location"] = pd.Categorical([location] * len(df))
+    df["track_id"] = df["vehicle_id"].astype(np.int64)  # one track per generated vehicle
+    df = df.sort_values(["frame", "vehicle_id"], kind="stable").reset_index(drop=True)
+    return df[list(COLUMNS)].astype({k: v for k, v in DTYPES.items() if k != "location"})
 
 
 def generate(config: GeneratorConfig, progress=None) -> pd.DataFrame:
-    """Simulate and return the recorded study-area rows as a canonical NGSIM table."""
+    """Simulate and return the recorded study-area rows as a canonical NGSIM table (the
+    columns of :data:`traffic_sim.ngsim.COLUMNS`, one track per vehicle)."""
     return TrafficGenerator(config).run(progress=progress)
 
-
-def config_summary(config: GeneratorConfig) -> str:
-    return json.dumps(config.to_json(), indent=2)

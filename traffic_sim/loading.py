@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 from .cli_util import UserError
@@ -17,6 +18,22 @@ def _cache_path(paths: list[Path], location: str | None) -> Path:
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|".encode())
     h.update(f"{location}|{CACHE_VERSION}".encode())
     return artifacts_dir() / "cache" / f"scene-{h.hexdigest()[:16]}.npz"
+
+
+def choose_location(table, location: str | None, path):
+    """The rows of ``location``: in a file of several locations, that one's rows; a file of
+    one location is taken to be recorded there (the location of a raw file comes from its
+    name, which may not say it). None keeps the table as it is."""
+    if location is None:
+        return table
+    locations = sorted(map(str, table["location"].unique()))
+    if location in locations:
+        return table[table["location"].astype(str) == location] if len(locations) > 1 else table
+    if len(locations) == 1:
+        table = table.copy()
+        table["location"] = location
+        return table
+    raise UserError(f"{path} has no rows for location {location!r} (it has {', '.join(locations)})")
 
 
 def load_scene(trajectories=None, location: str | None = None, quiet: bool = True) -> Scene:
@@ -42,11 +59,8 @@ def load_scene(trajectories=None, location: str | None = None, quiet: bool = Tru
 
     table = read_trajectories([str(p) for p in paths] if len(paths) > 1 else str(paths[0]),
                               location=None)
+    table = choose_location(table, location, paths[0])
     locations = sorted(map(str, table["location"].unique()))
-    if location is not None and locations == ["unknown"]:
-        # A raw file whose name does not say where it was recorded.
-        table["location"] = location
-        locations = [location]
     if location is None:
         if len(locations) > 1:
             raise UserError(f"{paths[0]} holds several locations ({', '.join(locations)}): "
@@ -55,12 +69,12 @@ def load_scene(trajectories=None, location: str | None = None, quiet: bool = Tru
         if location == "unknown":
             raise UserError(f"{paths[0]}: cannot tell the location from the file name; "
                             "pass --location i-80 or us-101")
-    elif location not in locations:
-        raise UserError(f"{paths[0]} has no rows for location {location!r} "
-                        f"(it has {', '.join(locations)})")
     try:
         scene = Scene.from_table(table, location=location)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    save_scene(scene, cache)
+    try:
+        save_scene(scene, cache)
+    except OSError as exc:  # a read-only artifacts folder only costs the cache
+        warnings.warn(f"could not cache the scene in {cache.parent}: {exc.strerror or exc}")
     return scene

@@ -82,7 +82,6 @@ import csv
 import os
 from array import array
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +89,8 @@ from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from .roads import FT  # [m/ft] international foot
 
 __all__ = [
     "FT",
@@ -115,7 +116,6 @@ __all__ = [
 # Constants
 # --------------------------------------------------------------------------
 
-FT = 0.3048  # [m/ft] international foot
 FRAME_RATE = 10.0  # [Hz] NGSIM video frame rate
 DT = 1.0 / FRAME_RATE  # [s] time between frames
 MS_PER_FRAME = 100  # [ms] Global_Time step between frames
@@ -203,7 +203,11 @@ _CONVERSION: tuple[tuple[str, str, float | None, int], ...] = (
 _INT_RAW = tuple(raw for raw, _, factor, _ in _CONVERSION if factor is None)
 # integer range in which float64 holds every integer exactly
 _MAX_EXACT_INT = 2**53
-_INT_LIMITS = {"Lane_ID": (np.iinfo(np.int16).min, np.iinfo(np.int16).max)}
+MAX_FRAME_ID = 10_000_000  # [frames] about 11.6 days at 10 Hz: larger is not a frame number
+_INT_LIMITS = {
+    "Lane_ID": (np.iinfo(np.int16).min, np.iinfo(np.int16).max),
+    "Frame_ID": (0, MAX_FRAME_ID),
+}
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -321,6 +325,8 @@ def _detect_layout(path: str) -> _Layout:
             line_no = 0
             for raw in fh:
                 line_no += 1
+                if b"\0" in raw:
+                    raise NGSIMFormatError(path, line_no, "not a text file (NUL bytes)")
                 line = _decode(raw, line_no == 1).rstrip("\r\n")
                 if line.strip():
                     break
@@ -941,23 +947,9 @@ def write_raw(df: pd.DataFrame, path: PathLike) -> None:
         order, _ = _sort_order([frame, vid])
         ints = [a[order] for a in ints]
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for start in range(0, n, _WRITE_CHUNK):
-                block = [a[start : start + _WRITE_CHUNK] for a in ints]
-                fh.write(_format_block(block, decimals))
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .paths import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        for start in range(0, n, _WRITE_CHUNK):
+            block = [a[start : start + _WRITE_CHUNK] for a in ints]
+            fh.write(_format_block(block, decimals))

@@ -34,19 +34,23 @@ LOOK_SIDE = 0.5 * IMAGE_W / PX_PER_M  # [m] 7.32, two lanes either side
 LINE_WIDTH = 1.0 / PX_PER_M  # [m] drawn width of a lane marking: one pixel
 
 
+ROAD_BEYOND = 1e4  # [m] how far lanes reaching an end of the study area are drawn past it
+
+
 def road_rectangles(road: Road):
-    """The static rectangles of a road: lane surfaces and lane markings.
+    """The static rectangles of a road: lane surfaces and lane markings, lanes that reach an
+    end of the study area going on past it.
 
     Returns ``(surface, lines)``, each an array (R, 4) of ``[x0, x1, y0, y1]`` in metres.
     """
-    surface = np.array([[lane.left, lane.right, lane.y_start, lane.y_end] for lane in road.lanes])
-    lines = []
+    surface, lines = [], []
     half = 0.5 * LINE_WIDTH
     for lane in road.lanes:
+        y0, y1 = road.span(lane, ROAD_BEYOND)
+        surface.append([lane.left, lane.right, y0, y1])
         for edge in (lane.left, lane.right):
-            lines.append([edge - half, edge + half, lane.y_start, lane.y_end])
-    lines = np.unique(np.round(np.array(lines), 6), axis=0)
-    return surface, lines
+            lines.append([edge - half, edge + half, y0, y1])
+    return np.array(surface), np.unique(np.round(np.array(lines), 6), axis=0)
 
 
 PHASES_ACROSS = 16  # sub-pixel positions of the pre-drawn road, across the road
@@ -72,14 +76,7 @@ class Rasteriser:
 
     def __init__(self, road: Road):
         self.road = road
-        surface, lines = road_rectangles(road)
-        # Lanes reaching the study area's ends go on beyond them.
-        far = 1e4  # [m]
-        for rects in (surface, lines):
-            rects[rects[:, 2] <= 0.0, 2] = -far
-            rects[rects[:, 3] >= road.length, 3] = far
-        self.surface = surface
-        self.lines = lines
+        self.surface, self.lines = road_rectangles(road)
         self._maps = None
 
     # ------------------------------------------------------------ road map

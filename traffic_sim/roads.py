@@ -57,6 +57,13 @@ class Road:
     eval_start: float = 0.0  # [m]
     eval_end: float = float("inf")  # [m], capped at the study area's length
 
+    def span(self, lane: Lane, beyond: float = np.inf) -> tuple[float, float]:
+        """[m] longitudinal extent of a lane, where a lane reaching an end of the study area
+        goes on ``beyond`` metres past it (the road does not stop at the cameras' edge)."""
+        y0 = -beyond if lane.y_start <= 0.0 else lane.y_start
+        y1 = self.length + beyond if lane.y_end >= self.length else lane.y_end
+        return y0, y1
+
     def lane(self, lane_id: int) -> Lane:
         for lane in self.lanes:
             if lane.lane_id == lane_id:
@@ -88,8 +95,7 @@ class Road:
         lanes = self.lanes
         left = np.array([lane.left for lane in lanes])
         right = np.array([lane.right for lane in lanes])
-        y0 = np.array([-np.inf if lane.y_start <= 0.0 else lane.y_start for lane in lanes])
-        y1 = np.array([np.inf if lane.y_end >= self.length else lane.y_end for lane in lanes])
+        y0, y1 = np.array([self.span(lane) for lane in lanes]).T
         ids = np.array([lane.lane_id for lane in lanes])
         return left, right, y0, y1, ids
 
@@ -152,7 +158,6 @@ def road_for(location: str) -> Road:
         return ROADS[location]()
     except KeyError:
         known = ", ".join(sorted(ROADS))
-        raise ValueError(
-            f"no road geometry for location {location!r} (known: {known}); "
-            "pass the location explicitly if the file name does not say it"
-        ) from None
+        hint = ("; pass the location explicitly (--location) if the file name does not say it"
+                if location == "unknown" else "")
+        raise ValueError(f"no road geometry for location {location!r} (known: {known}){hint}") from None

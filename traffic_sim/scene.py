@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .ngsim import DT, FRAME_RATE, MS_PER_FRAME
 from .roads import Road, road_for
 
-DT = 0.1  # [s] frame period
 HISTORY = 20  # [frames] conditioning history of an episode (2 s)
+MAX_SCENE_FRAMES = 7 * 24 * 3600 * 10  # [frames] a week at 10 Hz: longer is not one recording
 SMOOTH_FRAMES_REAL = 15  # [frames] rolling-mean window for noisy real NGSIM positions
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test, by vehicle
 SPLITS = ("train", "val", "test")
@@ -135,9 +136,6 @@ class Scene:
     def rows_of_frame(self, f: int) -> slice:
         return slice(self.frame_start[f], self.frame_start[f + 1])
 
-    def track_rows(self, k: int) -> slice:
-        return slice(self.tr_start[k], self.tr_start[k + 1])
-
     @property
     def success_y(self) -> float:
         """[m] front position that counts as arriving at the end of the road: a state image's
@@ -177,7 +175,11 @@ class Scene:
         df = df[cols].copy()
         # One time axis for the whole location, also across files: Global_Time.
         t0 = df["global_time"].min()
-        df["frame"] = ((df["global_time"] - t0 + 50) // 100).astype(np.int64)
+        df["frame"] = ((df["global_time"] - t0 + MS_PER_FRAME // 2) // MS_PER_FRAME).astype(np.int64)
+        span = int(df["frame"].max())
+        if span > MAX_SCENE_FRAMES:
+            raise ValueError(f"the {location} rows span {span / FRAME_RATE / 86400:.1f} days of "
+                             "Global_Time: not one recording (check the Global_Time column)")
         df = df.drop(columns="global_time").sort_values(["track_id", "frame"], kind="stable")
         df = df.drop_duplicates(["track_id", "frame"])
         df = _fill_gaps(df)

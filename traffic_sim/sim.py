@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ngsim import MAX_LENGTH
 from .raster import LOOK_AHEAD, LOOK_SIDE, Rasteriser
 from .scene import DT, HISTORY, Scene
 
-WINDOW_MARGIN = 10.0  # [m] extra range when looking up vehicles around a car (lengths)
+WINDOW_MARGIN = 10.0  # [m] extra range behind a car when looking up vehicles around it
+SIDE_MARGIN = 3.0  # [m] vehicles drawn if their centre line is within the image's half-width plus this
 
 
 def kinematic_step(x, y, ux, uy, v, acc, steer, dt=DT):
@@ -92,6 +94,19 @@ class Cars:
     def state_vector(self) -> np.ndarray:
         """(N, 4) float32 state (x, y, vx, vy) in metres and m/s."""
         return np.stack([self.x, self.y, self.v * self.ux, self.v * self.uy], axis=1).astype(np.float32)
+
+
+BUILTIN_POLICIES = ("human", "no-action")
+
+
+def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarray:
+    """(N, 2) actions of a built-in policy: ``human`` replays the actions inferred from each
+    car's own recorded track, ``no-action`` keeps speed and heading."""
+    if policy == "human":
+        return sim.human_actions(cars)
+    if policy == "no-action":
+        return np.zeros((len(cars.track), 2))
+    raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(BUILTIN_POLICIES)}")
 
 
 class ReplaySimulator:
@@ -177,7 +192,9 @@ class ReplaySimulator:
         sc = self.scene
         frame = np.asarray(frame, dtype=np.int64)
         lo = np.searchsorted(sc.key, frame * sc.KEY_STRIDE + cy - reach - WINDOW_MARGIN, side="left")
-        hi = np.searchsorted(sc.key, frame * sc.KEY_STRIDE + cy + reach + WINDOW_MARGIN + 30.0, side="left")
+        # A vehicle ahead is found by its front, up to one (longest) vehicle length further.
+        hi = np.searchsorted(sc.key, frame * sc.KEY_STRIDE + cy + reach + WINDOW_MARGIN + MAX_LENGTH,
+                             side="left")
         lo = np.maximum(lo, sc.frame_start[frame])
         hi = np.minimum(hi, sc.frame_start[frame + 1])
         k = int((hi - lo).max(initial=0))
@@ -230,7 +247,7 @@ class ReplaySimulator:
     def _render(self, cx, cy, rows, valid) -> np.ndarray:
         sc = self.scene
         ox, oy, lng = sc.x[rows], sc.y[rows], sc.length[rows]
-        valid = valid & (np.abs(ox - cx[:, None]) < LOOK_SIDE + 3.0)
+        valid = valid & (np.abs(ox - cx[:, None]) < LOOK_SIDE + SIDE_MARGIN)
         half_w = 0.5 * sc.width[rows]
         return self.raster.render(cx, cy, ox - half_w, ox + half_w, oy - lng, oy, valid)
 

@@ -84,9 +84,9 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         loc = pd.factorize(df["location"])[0].astype(np.int64)
     else:
         loc = np.zeros(n, dtype=np.int64)
-    span = last - first + 1
-    per_frame = np.bincount(loc * span + (frame - first))
-    per_frame = per_frame[per_frame > 0]
+    # Rows per distinct (location, frame): sorting, not a table over the frame span, which a
+    # file's frame numbers could make arbitrarily large.
+    _, per_frame = np.unique(loc * (frame.max() - first + 1) + (frame - first), return_counts=True)
     out["in_view"] = {
         "min": int(per_frame.min()),
         "mean": float(per_frame.mean()),

@@ -36,8 +36,9 @@ import numpy as np
 
 from .cli_util import doc
 
+from .ngsim import MAX_LENGTH
 from .scene import DT, Scene
-from .sim import Cars, ReplaySimulator
+from .sim import BUILTIN_POLICIES, Cars, ReplaySimulator, builtin_actions
 
 # Colours (RGB).
 BACKGROUND = (44, 66, 44)  # off-road
@@ -138,9 +139,7 @@ def lane_lines(road, beyond: float = 1e4):
     two main lanes), ``"solid"`` (between a main lane and a ramp) or ``"edge"`` (the road's
     border). Lanes reaching an end of the study area go on ``beyond`` metres past it."""
     def span(lane):
-        y0 = -beyond if lane.y_start <= 0.0 else lane.y_start
-        y1 = road.length + beyond if lane.y_end >= road.length else lane.y_end
-        return y0, y1
+        return road.span(lane, beyond)
 
     lines = []
     for lane in road.lanes:
@@ -186,7 +185,7 @@ class Viewer:
                  end_hold_s: float = END_HOLD_S):
         self.scene = scene
         self.sim = ReplaySimulator(scene)
-        if isinstance(policy, str) and policy not in ("human", "no-action"):
+        if isinstance(policy, str) and policy not in BUILTIN_POLICIES:
             raise ValueError(f"unknown policy {policy!r}: use 'human', 'no-action' or a callable")
         self.policy = policy
         if episodes is None or isinstance(episodes, str):
@@ -261,10 +260,8 @@ class Viewer:
         if self.hand:
             return hand_action(self.keys["up"], self.keys["down"], self.keys["left"],
                                self.keys["right"], self.cars)
-        if self.policy == "human":
-            return self.sim.human_actions(self.cars)
-        if self.policy == "no-action":
-            return np.zeros((1, 2))
+        if isinstance(self.policy, str):
+            return builtin_actions(self.sim, self.cars, self.policy)
         out = self.policy(self.obs, self.cars.state_vector(), self.cars)
         return np.asarray(out, dtype=float).reshape(1, 2)
 
@@ -342,8 +339,7 @@ class Viewer:
         y1 = y0 + w / ppm
         road = sc.road
         for lane in road.lanes:
-            a = -1e4 if lane.y_start <= 0.0 else lane.y_start
-            b = road.length + 1e4 if lane.y_end >= road.length else lane.y_end
+            a, b = road.span(lane, 1e4)
             for lo, hi, colour in ((a, min(b, 0.0), ROAD_OUTSIDE), (max(a, 0.0), min(b, road.length), ROAD),
                                    (max(a, road.length), b, ROAD_OUTSIDE)):
                 lo, hi = max(lo, y0 - 1), min(hi, y1 + 1)
@@ -390,7 +386,7 @@ class Viewer:
         y1 = y0 + w / self.px_per_m
         rows = sc.rows_of_frame(frame)
         ys = sc.y[rows]
-        lo, hi = np.searchsorted(ys, [y0 - 1.0, y1 + 30.0])  # rows are sorted by y
+        lo, hi = np.searchsorted(ys, [y0 - 1.0, y1 + MAX_LENGTH])  # rows are sorted by front y
         me = self.track
         for r in range(rows.start + lo, rows.start + hi):
             if sc.track[r] == me:
@@ -582,19 +578,32 @@ class Viewer:
         folder of PNG frames (any other path without a suffix). Stops after ``max_steps``
         ticks or the last episode. Returns ``path``."""
         path = Path(path)
-        writer = _frame_writer(path, self.size, self.fps)  # fails before any work
+        if path.exists() and not path.suffix and not path.is_dir():
+            raise ValueError(f"{path} exists and is not a folder")
+        # Written under a temporary name beside the target, renamed when complete.
+        tmp = path.with_name(f".{path.name}-{os.getpid()}-tmp{path.suffix}")
+        writer = _frame_writer(tmp, self.size, self.fps)  # fails before any work
         if _no_display():
             os.environ["SDL_VIDEODRIVER"] = "dummy"
         ticks = 0
         try:
-            while True:
-                writer.add(self.render_frame())
-                if self.finished or (max_steps is not None and ticks + 1 >= max_steps):
-                    break
-                self.step()
-                ticks += 1
+            try:
+                while True:
+                    writer.add(self.render_frame())
+                    if self.finished or (max_steps is not None and ticks + 1 >= max_steps):
+                        break
+                    self.step()
+                    ticks += 1
+            finally:
+                writer.close()
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
         finally:
-            writer.close()
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
         return path
 
 
@@ -615,6 +624,9 @@ class _PngFolder:
 
 
 class _Gif:
+    """Frames are kept (palette-compressed, about 1/3 of RGB) until the file is written:
+    meant for clips of an episode or two."""
+
     def __init__(self, path: Path, fps: float):
         from PIL import Image
 
@@ -627,7 +639,8 @@ class _Gif:
     def close(self) -> None:
         if self.frames:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.frames[0].save(self.path, save_all=True, append_images=self.frames[1:],
+            self.frames[0].save(self.path, format="GIF", save_all=True,
+                                append_images=self.frames[1:],
                                 duration=int(round(1000.0 / self.fps)), loop=0)
 
 
@@ -687,8 +700,6 @@ def _frame_writer(path: Path, size, fps: float):
                          "pip install imageio imageio-ffmpeg (or record to a .gif or a folder)")
     if suffix:
         raise ValueError(f"cannot record to {suffix!r}: use a .gif, an .mp4 or a folder for PNG frames")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
     return _PngFolder(path)
 
 
@@ -702,9 +713,6 @@ def record(scene: Scene, path, policy="human", episodes=None, max_steps: Optiona
     return viewer.record(path, max_steps=max_steps)
 
 
-_record = record
-
-
 def watch(scene: Scene, policy="human", episodes=None, record: Optional[str] = None,
           max_steps: Optional[int] = None, seed: int = 0, fps: float = 10.0, size=(1200, 304),
           costs_fn: Optional[Callable] = None):
@@ -713,8 +721,10 @@ def watch(scene: Scene, policy="human", episodes=None, record: Optional[str] = N
     Returns the recording's path when recording, else the list of episode results."""
     kwargs = dict(seed=seed, fps=fps, size=size, costs_fn=costs_fn)
     if record:
-        return _record(scene, record, policy=policy, episodes=episodes,
-                                   max_steps=max_steps, **kwargs)
+        if _no_display():
+            os.environ["SDL_VIDEODRIVER"] = "dummy"
+        viewer = Viewer(scene, policy=policy, episodes=episodes, **kwargs)
+        return viewer.record(record, max_steps=max_steps)
     return Viewer(scene, policy=policy, episodes=episodes, **kwargs).run(max_steps=max_steps)
 
 
@@ -772,24 +782,39 @@ class WatchConfig:
     record: Optional[str] = doc("write a video instead of opening a window: out.gif, out.mp4 "
                                 "or a folder of PNG frames", None)
     max_steps: Optional[int] = doc("stop after this many simulation steps", None)
+    episodes: Optional[int] = doc("number of episodes to show (default: all of the split in a "
+                                  "window, 1 when recording)", None)
     seed: int = doc("order of the episodes", 0)
+
+
+def state_costs(sim: ReplaySimulator, cars: Cars) -> dict:
+    """The costs of the cars' current state images (the HUD's default)."""
+    from .costs import image_costs
+
+    costs = image_costs(sim.observe(cars), cars.v, cars.length, cars.width)
+    return {"proximity": costs["proximity_cost"], "lane": costs["lane_cost"],
+            "off-road": costs["offroad_cost"]}
 
 
 def watch_command(cfg: WatchConfig) -> str:
     from .cli_util import UserError
     from .loading import load_scene
 
-    if cfg.policy not in ("human", "no-action"):
+    if cfg.policy not in BUILTIN_POLICIES:
         raise UserError(f"unknown policy {cfg.policy!r}: choose human or no-action")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if cfg.episodes is not None and cfg.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
+    if cfg.record is None and _no_display():
+        raise UserError("no display to open a window on: use --record out.gif (or out.mp4, or a folder)")
     scene = load_scene(cfg.trajectories, cfg.location, quiet=False)
     if cfg.split not in scene.episodes or len(scene.episodes[cfg.split]) == 0:
         raise UserError(f"no episodes in split {cfg.split!r}")
-    if cfg.record is None and _no_display():
-        raise UserError("no display to open a window on: use --record out.gif (or out.mp4, or a folder)")
-    result = watch(scene, policy=cfg.policy, episodes=cfg.split, record=cfg.record,
-                   max_steps=cfg.max_steps, seed=cfg.seed)
+    count = cfg.episodes or (1 if cfg.record is not None else None)
+    episodes = np.random.default_rng(cfg.seed).permutation(scene.episodes[cfg.split])[:count]
+    result = watch(scene, policy=cfg.policy, episodes=episodes, record=cfg.record,
+                   max_steps=cfg.max_steps, seed=cfg.seed, costs_fn=state_costs)
     if cfg.record is not None:
         return f"wrote {result}"
     return "\n".join(f"episode {r['episode']}: track {r['track']} {r['status']} after "
