@@ -4,6 +4,7 @@
 Commands:
   generate   write synthetic I-80-like traffic as NGSIM trajectory files
   inspect    summarise a trajectory file (real NGSIM or generated)
+  build-dataset  episodes for learning: state images, states, actions, splits, statistics
   evaluate   closed-loop success / collision rates of driving policies
   watch      pygame view of a car driving in replayed traffic (or --record a video)
 
@@ -19,6 +20,7 @@ import sys
 
 
 def _commands():
+    from data import build as db
     from traffic_sim import commands as tc
     from traffic_sim import evaluate as ev
     from traffic_sim import viewer as vw
@@ -31,6 +33,7 @@ def _commands():
     return {
         "generate": (tc.GenerateConfig, lambda c: print(f"wrote {tc.generate_command(c)}")),
         "inspect": (tc.InspectConfig, lambda c: print(tc.inspect_command(c))),
+        "build-dataset": (db.BuildConfig, lambda c: print(f"wrote {db.build_dataset(c)}")),
         "evaluate": (ev.EvaluateConfig, evaluate),
         "watch": (vw.WatchConfig, lambda c: print(vw.watch_command(c))),
     }

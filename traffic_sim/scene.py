@@ -49,7 +49,11 @@ def _directions(x, y, track_start, n):
     uy = uy.groupby(track_of_row).bfill().groupby(track_of_row).ffill()
     ux = ux.fillna(0.0).to_numpy()
     uy = uy.fillna(1.0).to_numpy()  # a track that never moves faces down the road
-    speed = dist / DT  # [m/s] forward-difference speed (0 on each track's last row)
+    speed = dist / DT  # [m/s] forward-difference speed
+    # A track's last row has no next position: it keeps the speed it arrived with, so that no
+    # spurious stop is inferred into it.
+    has_previous = last > track_start
+    speed[last[has_previous]] = speed[last[has_previous] - 1]
     return ux, uy, speed
 
 
@@ -256,7 +260,7 @@ class Scene:
 _ARRAY_FIELDS = ("frame_start", "frame", "track", "x", "y", "ux", "uy", "length", "width", "key",
                  "tr_start", "tr_frame", "tr_x", "tr_y", "tr_ux", "tr_uy", "tr_speed", "tr_acc",
                  "tr_steer", "track_length", "track_width", "track_vehicle_id", "ep_row")
-CACHE_VERSION = 1  # bump when the scene's content or layout changes
+CACHE_VERSION = 2  # bump when the scene's content or layout changes
 
 
 def save_scene(scene: Scene, path) -> None:
