@@ -2,11 +2,13 @@
 """One command line over the whole project. Run ``python run.py COMMAND --help``.
 
 Commands:
-  generate   write synthetic I-80-like traffic as NGSIM trajectory files
-  inspect    summarise a trajectory file (real NGSIM or generated)
+  generate       write synthetic I-80-like traffic as NGSIM trajectory files
+  inspect        summarise a trajectory file (real NGSIM or generated)
   build-dataset  episodes for learning: state images, states, actions, splits, statistics
-  evaluate   closed-loop success / collision rates of driving policies
-  watch      pygame view of a car driving in replayed traffic (or --record a video)
+  train-model    train the forward model (deterministic, or latent-variable warm-started)
+  eval-model     per-horizon prediction errors of a forward model against baselines
+  evaluate       closed-loop success / collision rates of driving policies
+  watch          pygame view of a car driving in replayed traffic (or --record a video)
 
 Every command works with no arguments on the embedded synthetic I-80 traffic, which is
 generated into ./artifacts on first use.
@@ -24,6 +26,21 @@ def _commands():
     from traffic_sim import commands as tc
     from traffic_sim import evaluate as ev
     from traffic_sim import viewer as vw
+    from world_model import evaluate as we
+    from world_model import train as wt
+
+    def train_model(cfg):
+        from world_model.train import train_model
+
+        print(f"wrote {train_model(cfg)}")
+
+    def eval_model(cfg):
+        from world_model.evaluate import eval_model
+
+        table, paths = eval_model(cfg)
+        print(table)
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            print(f"wrote {path}")
 
     def evaluate(cfg):
         table, path = ev.evaluate_command(cfg)
@@ -34,9 +51,18 @@ def _commands():
         "generate": (tc.GenerateConfig, lambda c: print(f"wrote {tc.generate_command(c)}")),
         "inspect": (tc.InspectConfig, lambda c: print(tc.inspect_command(c))),
         "build-dataset": (db.BuildConfig, lambda c: print(f"wrote {db.build_dataset(c)}")),
+        "train-model": (wt.TrainConfig, train_model),
+        "eval-model": (we.EvalModelConfig, eval_model),
         "evaluate": (ev.EvaluateConfig, evaluate),
         "watch": (vw.WatchConfig, lambda c: print(vw.watch_command(c))),
     }
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options get one line (``run.py CMD --help`` shows the usage), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -50,7 +76,7 @@ def main(argv=None) -> int:
 
     warnings.showwarning = _one_line_warning
     commands = _commands()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (config_cls, _) in commands.items():

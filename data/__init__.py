@@ -1,6 +1,6 @@
 """Episodes built from trajectory files: state images, state vectors, actions and splits.
 
-## The dataset format (data/ package) — shared contract between the dataset builder and the model trainer
+## The dataset format
 A dataset is a folder DIR:
 - `DIR/manifest.json`: {"version": 1, "sources": [trajectory file paths], "locations": [...],
   "n_episodes": E, "n_frames": F, "image_shape": [3, 117, 24], "dt": 0.1,

@@ -13,6 +13,8 @@ def test_core_modules_import_without_gymnasium_and_pygame():
         "import traffic_sim.sim, traffic_sim.scene, traffic_sim.raster, traffic_sim.costs\n"
         "import traffic_sim.loading, traffic_sim.evaluate, traffic_sim.generator\n"
         "import traffic_sim.viewer\n"  # imports pygame only to draw
+        "import data.build, data.dataset, world_model.model, world_model.train\n"
+        "import world_model.evaluate\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,0 +1,280 @@
+"""The forward model: shapes, action sensitivity, overfitting, z-dropout, unrolling,
+checkpoints and resume, and a tiny end-to-end build + train + eval."""
+
+import csv
+import dataclasses
+import os
+import signal
+
+import pytest
+import torch
+
+from world_model.model import IMAGE_SHAPE, ForwardModel, ModelConfig
+from world_model.train import PRESETS, TrainConfig, load_checkpoint, load_model, train_model
+
+TINY = ModelConfig(n_cond=4, n_feature=16, n_hidden=32, n_z=4)
+# A short training run: 6 steps, validating (and checkpointing) every 3.
+QUICK = dataclasses.replace(PRESETS["tiny"], steps=6, val_every=3, log_every=1, batch_size=4, n_pred=2)
+
+
+def fake_batch(b=3, t=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"images": torch.randint(0, 256, (b, t, *IMAGE_SHAPE), dtype=torch.uint8, generator=g),
+            "states": torch.randn(b, t, 4, generator=g),
+            "actions": torch.randn(b, t, 2, generator=g)}
+
+
+def randomised(model):
+    """The heads start at zero (predict 'nothing changes'); give every weight a random value."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models gain nothing from threads, and on a busy machine threads wait for one
+    another: one thread keeps these tests fast anywhere."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    """A small dataset built from one minute of generated traffic."""
+    from data.build import BuildConfig, build_dataset
+    from traffic_sim.commands import GenerateConfig, generate_command
+
+    root = tmp_path_factory.mktemp("wm")
+    traffic = generate_command(GenerateConfig(out=str(root / "traffic"), minutes=1.0, seed=1, quiet=True))
+    return build_dataset(BuildConfig(trajectories=str(traffic), out=str(root / "dataset"),
+                                     max_episodes=60, quiet=True))
+
+
+# ---------------------------------------------------------------------- the model
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_shapes_and_dtypes(stochastic):
+    model = ForwardModel(dataclasses.replace(TINY, stochastic=stochastic))
+    batch = fake_batch(b=3, t=TINY.n_cond + 2)
+    loss, metrics = model(batch["images"], batch["states"], batch["actions"])
+    assert loss.shape == () and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert {"loss", "image_mse", "state_mse"} <= set(metrics)
+    assert ("kl" in metrics) == stochastic
+    assert all(not v.requires_grad for v in metrics.values())
+    assert model.map_shape == (16, 14, 3)
+
+    cond_i, cond_s = batch["images"][:, :4], batch["states"][:, :4]
+    image, state = model.predict(cond_i, cond_s, batch["actions"][:, 3])
+    assert image.shape == (3, *IMAGE_SHAPE) and image.dtype == torch.float32
+    assert state.shape == (3, 4) and state.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    # untrained, the model predicts "nothing changes": the last frame, and the state coasts
+    assert torch.allclose(image, cond_i[:, -1].float() / 255)
+    assert torch.allclose(state, cond_s[:, -1] + model.coast(cond_s[:, -1]))
+
+
+def test_untrained_state_head_coasts_at_constant_velocity():
+    """The state head predicts a residual over coasting: position += velocity * dt."""
+    from data.dataset import denormalise_states, normalise_states
+
+    stats = {"state_mean": torch.tensor([10.0, 200.0, 0.1, 9.0]),
+             "state_std": torch.tensor([6.0, 150.0, 0.2, 5.0])}
+    model = ForwardModel(TINY)
+    model.set_state_stats(stats["state_mean"], stats["state_std"])
+    raw = torch.tensor([[3.0, 120.0, 0.5, 12.0], [-2.0, 400.0, -0.3, 0.0]])  # [m, m, m/s, m/s]
+    _, state = model.predict(torch.zeros(2, 4, *IMAGE_SHAPE), normalise_states(raw, stats)[:, None]
+                             .expand(-1, 4, -1), torch.zeros(2, 2))
+    expected = raw.clone()
+    expected[:, :2] += 0.1 * raw[:, 2:]
+    assert torch.allclose(denormalise_states(state, stats), expected, atol=1e-4)
+
+
+def test_paper_scale_shapes():
+    """The reference architecture: a 256 x 14 x 3 hidden map, ~14 M parameters."""
+    model = ForwardModel(dataclasses.replace(PRESETS["paper"].model, stochastic=True))
+    assert model.map_shape == (256, 14, 3)
+    assert 12e6 < model.n_params() < 17e6
+
+
+def test_prediction_changes_with_the_action_only():
+    model = randomised(ForwardModel(TINY)).eval()
+    batch = fake_batch()
+    cond_i, cond_s = batch["images"][:, :4], batch["states"][:, :4]
+    a = torch.zeros(3, 2)
+    i1, s1 = model.predict(cond_i, cond_s, a)
+    i1b, s1b = model.predict(cond_i, cond_s, a)
+    i2, s2 = model.predict(cond_i, cond_s, a + torch.tensor([1.0, -1.0]))
+    assert torch.equal(i1, i1b) and torch.equal(s1, s1b)  # eval mode: deterministic
+    assert (i1 - i2).abs().max() > 1e-4
+    assert (s1 - s2).abs().max() > 1e-4
+
+
+def test_unroll_any_horizon_feeds_predictions_back():
+    model = randomised(ForwardModel(dataclasses.replace(TINY, stochastic=True))).eval()
+    batch = fake_batch(b=2, t=4)
+    cond_i, cond_s = batch["images"], batch["states"]
+    actions = torch.randn(2, 9, 2)
+    z = torch.randn(2, 9, TINY.n_z)
+    images, states = model.unroll(cond_i, cond_s, actions, z)
+    assert images.shape == (2, 9, *IMAGE_SHAPE) and states.shape == (2, 9, 4)
+    # the same as 9 single steps, each fed the previous predictions
+    hist_i, hist_s = cond_i.float() / 255, cond_s
+    for t in range(9):
+        image, state = model.predict(hist_i, hist_s, actions[:, t], z[:, t])
+        assert torch.allclose(image, images[:, t], atol=1e-6)
+        assert torch.allclose(state, states[:, t], atol=1e-6)
+        hist_i = torch.cat([hist_i[:, 1:], image[:, None]], 1)
+        hist_s = torch.cat([hist_s[:, 1:], state[:, None]], 1)
+    # prior draws differ from one another
+    a, _ = model.unroll(cond_i, cond_s, actions)
+    b, _ = model.unroll(cond_i, cond_s, actions)
+    assert not torch.equal(a, b)
+
+
+def test_z_dropout_is_per_sample():
+    model = ForwardModel(dataclasses.replace(TINY, stochastic=True)).train()
+    with torch.no_grad():  # posterior: mu = 100, tiny variance, so its draws are easy to tell
+        last = model.posterior[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.cat([torch.full((TINY.n_z,), 100.0), torch.full((TINY.n_z,), -20.0)]))
+    seen = []
+    model.z_proj.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    batch = fake_batch(b=64, t=TINY.n_cond + 3)
+    _, metrics = model(batch["images"], batch["states"], batch["actions"])
+    assert len(seen) == 3  # one z per predicted step
+    for z in seen:
+        from_posterior = (z - 100).abs().max(1).values < 1e-2  # (B,)
+        from_prior = z.abs().max(1).values < 10
+        assert torch.all(from_posterior ^ from_prior)
+        assert 10 < int(from_prior.sum()) < 54  # some of each within one batch
+    assert 0.3 < float(metrics["z_prior_fraction"]) < 0.7
+    assert not torch.equal(seen[0].abs() < 10, seen[1].abs() < 10)  # drawn anew every step
+
+
+def test_bf16_autocast_keeps_float32_outputs():
+    model = randomised(ForwardModel(TINY))
+    batch = fake_batch(b=2, t=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model(batch["images"], batch["states"], batch["actions"])
+        images, states = model.unroll(batch["images"][:, :4], batch["states"][:, :4], torch.randn(2, 3, 2))
+    loss.backward()
+    assert torch.isfinite(loss) and images.dtype == torch.float32 and states.dtype == torch.float32
+
+
+def test_tiny_model_overfits_one_batch(dataset_dir):
+    from data.dataset import Dataset, WindowSampler
+
+    torch.manual_seed(0)
+    ds = Dataset.open(dataset_dir)
+    batch = WindowSampler(ds, "train", n_cond=4, n_pred=2, batch_size=4, seed=3).sample()
+    model = ForwardModel(dataclasses.replace(TINY, n_feature=32, n_hidden=64, dropout=0.0))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss, _ = model(batch["images"], batch["states"], batch["actions"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+
+
+def test_warm_start_copies_the_deterministic_weights():
+    det = randomised(ForwardModel(TINY))
+    sto = ForwardModel(dataclasses.replace(TINY, stochastic=True))
+    new = sto.load_deterministic(det.state_dict())
+    assert new and all(n.split(".")[0] in ("z_proj", "target_encoder", "posterior") for n in new)
+    for name, value in det.state_dict().items():
+        assert torch.equal(sto.state_dict()[name], value)
+
+
+# ---------------------------------------------------------------------- training
+def _params(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_gives_the_same_steps(dataset_dir, tmp_path):
+    cfg = TrainConfig(preset="tiny", dataset=str(dataset_dir), precision="fp32", quiet=True, seed=5)
+    full = train_model(dataclasses.replace(cfg, out=str(tmp_path / "full")), QUICK)
+
+    # A run stopped by SIGTERM during step 2 (it finishes the step, saves and returns) ...
+    from data import dataset as data_module
+
+    calls = {"n": 0}
+    original = data_module.WindowSampler.sample
+
+    def sample_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    part = dataclasses.replace(cfg, out=str(tmp_path / "part"))
+    data_module.WindowSampler.sample = sample_then_sigterm
+    try:
+        path = train_model(part, QUICK)
+    finally:
+        data_module.WindowSampler.sample = original
+    assert load_checkpoint(path)["step"] == 2
+    with pytest.raises(ValueError, match="--resume"):
+        train_model(part, QUICK)
+
+    # ... and resumed, takes the very same steps as the uninterrupted run
+    path = train_model(dataclasses.replace(part, resume=True))
+    assert load_checkpoint(path)["step"] == 6
+    a, b = _params(full), _params(path)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    with open(tmp_path / "part" / "log.csv") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_holds_plain_config_and_loads_weights_only(dataset_dir, tmp_path):
+    path = train_model(TrainConfig(preset="tiny", dataset=str(dataset_dir), out=str(tmp_path / "m"),
+                                   steps=2, quiet=True), QUICK)
+    ckpt = torch.load(path, weights_only=True)
+    assert {"model_config", "preset", "model", "optimizer", "step", "rng", "stats"} <= set(ckpt)
+    assert ckpt["step"] == 2 and ckpt["model_config"]["n_cond"] == QUICK.model.n_cond
+    model, _ = load_model(path)
+    assert not model.training and not model.config.stochastic
+
+
+def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
+    from world_model.evaluate import EvalModelConfig, eval_model
+    from world_model.train import default_out
+
+    monkeypatch.setenv("PPUU_ARTIFACTS", str(tmp_path / "artifacts"))
+    preset = dataclasses.replace(PRESETS["tiny"], steps=30, val_every=15, log_every=5)
+    det = train_model(TrainConfig(model="deterministic", preset="tiny", dataset=str(dataset_dir),
+                                  quiet=True), preset)
+    assert det == default_out("deterministic", "tiny") / "checkpoint.pt"
+    sto = train_model(TrainConfig(model="stochastic", preset="tiny", dataset=str(dataset_dir),
+                                  quiet=True), preset)
+    assert load_checkpoint(sto)["warm_start"] == str(det)  # started from the deterministic one
+
+    table, paths = eval_model(EvalModelConfig(checkpoint=str(sto), batches=2, batch_size=8,
+                                              horizon=5, k_samples="1,4,8", quiet=True))
+    csv_path, png_path = paths
+    assert png_path.stat().st_size > 10_000 and "best of 8" in table
+    with open(csv_path) as fh:
+        rows = list(csv.DictReader(fh))
+    methods = {r["method"] for r in rows}
+    assert {"last frame", "constant velocity", "deterministic (warm start)", "model, best of 1",
+            "model, best of 8"} <= methods
+    assert len(rows) == len(methods) * 5
+
+    def mean(method, err):
+        return sum(float(r[err]) for r in rows if r["method"] == method) / 5
+
+    for err in ("image_mse", "pos_err_m"):
+        k1, k4, k8 = (mean(f"model, best of {k}", err) for k in (1, 4, 8))
+        assert k8 < k1 and k4 <= k1 and k8 <= k4, (err, k1, k4, k8)
+    # the constant-velocity baseline is exact one step ahead (velocities are forward differences)
+    cv = [float(r["pos_err_m"]) for r in rows if r["method"] == "constant velocity"]
+    still = [float(r["pos_err_m"]) for r in rows if r["method"] == "last frame"]
+    assert cv[0] < 0.05 and still[0] > 0.2

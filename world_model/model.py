@@ -1,0 +1,362 @@
+"""The forward model: what the surroundings of a car look like one step (0.1 s) later.
+
+Given the last ``n_cond`` state images and state vectors of a car, the action it takes now
+and (stochastic version) a latent vector z, predict its next state image and state vector.
+Feeding predictions back in unrolls it over any horizon.
+
+Shapes use B = batch, T = time steps, C = 3 image channels, H x W = 117 x 24 pixels,
+F = ``n_feature``, and (h, w) = (14, 3), the size of the hidden map::
+
+    frames (B, n_cond*C, H, W) --conv x3--> (B, F, h, w) --+
+    states (B, n_cond*4)       --MLP------> (B, F, h, w) --+-- sum = hidden map
+    action (B, 2)              --MLP------> (B, F, h, w) --+
+    z      (B, n_z)            --linear---> (B, F, h, w) --+
+    hidden map --residual block--> --deconv x3--> residual over the last frame -> next image
+                                   --MLP-------> residual over coasting       -> next state
+
+The stochastic model adds a posterior network that also sees the true next frame and state
+and returns (mu, logvar) of z. Training draws z from the posterior; prediction without a
+target draws it from the N(0, I) prior. With probability ``z_dropout`` (per sample and step)
+a training sample uses a prior draw instead, so the action, not z, has to explain the motion.
+
+Images enter as uint8 (0..255) or float in [0, 1]; states and actions are normalised with
+the dataset's training statistics. ``action[t]`` is the one that moves frame ``t`` to
+``t + 1``: the first prediction after conditioning frames ``0..n_cond-1`` uses
+``action[n_cond - 1]``.
+
+Training loss (:meth:`ForwardModel.forward`): the model is unrolled over all target steps
+feeding back its own predictions (not the true frames), conditioned on the true actions, as
+in the reference; the loss is MSE(image) + MSE(state) + beta * KL, averaged over the steps.
+
+Choices where the method leaves room (see docs/method.md, section 3):
+
+- the posterior adds an encoding of the true next frame (a 3-channel copy of the frame
+  encoder) to the hidden map of the past and sees the true next state; it does not encode
+  the 20 past frames a second time;
+- the residual block is a 3x3 bottleneck (F -> F/2 -> F) on the 14 x 3 map;
+- the predicted image is the last frame plus a decoded residual, clamped to [0, 1] with a
+  straight-through gradient; the last layers of both heads start at zero, so an untrained
+  model predicts "nothing changes" (the last frame and state) rather than noise;
+- the state head predicts the change of the normalised state on top of coasting (the
+  position moves on by velocity x dt, the velocity stays): the states are normalised by the
+  spread of absolute positions over the whole road (std ~145 m along it), so a 1 m error
+  weighs ~5e-5 in the MSE and a head that had to learn the motion itself would hardly be
+  pushed to; with coasting built in, it learns the change of velocity that the action and the
+  traffic cause. The normalisation statistics are buffers of the model (saved with it);
+- dropout (``Dropout2d`` on feature maps, ``Dropout`` in MLPs) after every hidden layer; it is
+  what the policy's MC-dropout uncertainty samples, so it stays in the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGE_SHAPE = (3, 117, 24)  # (C, H, W) of a state image
+STATE_DIM = 4  # (x, y, vx, vy), normalised
+ACTION_DIM = 2  # (acceleration, steering), normalised
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the forward model. The defaults are the reference scale."""
+
+    stochastic: bool = False  # latent-variable model (posterior network and z) or not
+    n_cond: int = 20  # conditioning frames [0.1 s each]
+    n_feature: int = 256  # channels of the hidden map; encoder convs are F/4, F/2, F wide
+    n_hidden: int = 256  # width of the MLPs (states, action, state head, posterior)
+    n_z: int = 32  # latent dimension (stochastic model)
+    dropout: float = 0.1  # dropout after every hidden layer (also MC-dropout uncertainty)
+    beta: float = 1e-6  # weight of the KL term of the loss
+    z_dropout: float = 0.5  # probability that a training sample uses a prior z
+    dt: float = 0.1  # [s] time step (10 Hz)
+    image_height: int = IMAGE_SHAPE[1]  # [px] along the road
+    image_width: int = IMAGE_SHAPE[2]  # [px] across the road
+
+    @staticmethod
+    def from_dict(d: dict) -> "ModelConfig":
+        return ModelConfig(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_out(n: int) -> int:
+    """Output size of a 4x4, stride 2, padding 1 convolution on n pixels."""
+    return (n + 2 - 4) // 2 + 1
+
+
+def clamp_st(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Clamp in the forward pass, identity in the backward pass (straight-through): a pixel
+    pushed out of range keeps its gradient, so it is never stuck there."""
+    return x + (x.clamp(lo, hi) - x).detach()
+
+
+class ConvEncoder(nn.Module):
+    """3 convolutions (4x4, stride 2): (B, c_in, H, W) -> (B, F, h, w)."""
+
+    def __init__(self, c_in: int, n_feature: int, dropout: float):
+        super().__init__()
+        w1, w2 = n_feature // 4, n_feature // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(c_in, w1, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout),
+            nn.Conv2d(w1, w2, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout),
+            nn.Conv2d(w2, n_feature, 4, 2, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ImageDecoder(nn.Module):
+    """3 transposed convolutions (stride 2): (B, F, h, w) -> (B, 3, H, W). The first two
+    double the map (14 x 3 -> 28 x 6 -> 56 x 12); the last one's kernel is taller so that it
+    lands on the image size (56 -> 117 with a 9 x 4 kernel). Exact doubling keeps the fast
+    oneDNN path: an ``output_padding`` makes bf16 transposed convolutions 3x slower."""
+
+    def __init__(self, n_feature: int, map_hw: tuple, image_hw: tuple, dropout: float):
+        super().__init__()
+        h, w = map_hw
+        kh, kw = 4 + image_hw[0] - 8 * h, 4 + image_hw[1] - 8 * w  # (9, 4) for 117 x 24
+        if kh < 2 or kw < 2:
+            raise ValueError(f"cannot decode a {h}x{w} map to a {image_hw} image")
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(n_feature, n_feature // 2, 4, 2, 1),  # (B, F/2, 2h, 2w)
+            nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout),
+            nn.ConvTranspose2d(n_feature // 2, n_feature // 4, 4, 2, 1),  # (B, F/4, 4h, 4w)
+            nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout),
+            nn.ConvTranspose2d(n_feature // 4, IMAGE_SHAPE[0], (kh, kw), 2, 1),  # (B, C, H, W)
+        )
+
+    def forward(self, h):
+        return self.net(h)
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float) -> nn.Sequential:
+    """Linear -> LeakyReLU -> Dropout -> Linear -> LeakyReLU -> Dropout -> Linear."""
+    return nn.Sequential(
+        nn.Linear(n_in, n_hidden), nn.LeakyReLU(0.2, inplace=True), nn.Dropout(dropout),
+        nn.Linear(n_hidden, n_hidden), nn.LeakyReLU(0.2, inplace=True), nn.Dropout(dropout),
+        nn.Linear(n_hidden, n_out),
+    )
+
+
+class ForwardModel(nn.Module):
+    """The deterministic (``stochastic=False``) or latent-variable forward model."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        if cfg.n_feature % 4:
+            raise ValueError(f"n_feature must be a multiple of 4, got {cfg.n_feature}")
+        c = IMAGE_SHAPE[0]
+        sizes = [(cfg.image_height, cfg.image_width)]
+        for _ in range(3):
+            sizes.append((_conv_out(sizes[-1][0]), _conv_out(sizes[-1][1])))
+        self.map_shape = (cfg.n_feature, *sizes[-1])  # (F, h, w) = (256, 14, 3)
+        n_map = cfg.n_feature * sizes[-1][0] * sizes[-1][1]  # F*h*w
+
+        # encoder of the past: frames and states summed into the hidden map
+        self.frame_encoder = ConvEncoder(cfg.n_cond * c, cfg.n_feature, cfg.dropout)
+        self.state_encoder = mlp(cfg.n_cond * STATE_DIM, cfg.n_hidden, n_map, cfg.dropout)
+        # what is added to the map: the action, and z
+        self.action_encoder = mlp(ACTION_DIM, cfg.n_hidden, n_map, cfg.dropout)
+        # a bottleneck residual block on the map
+        self.residual = nn.Sequential(
+            nn.Conv2d(cfg.n_feature, cfg.n_feature // 2, 3, 1, 1),
+            nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(cfg.dropout),
+            nn.Conv2d(cfg.n_feature // 2, cfg.n_feature, 3, 1, 1),
+        )
+        # heads: next image (residual over the last frame) and change of the state
+        self.image_decoder = ImageDecoder(cfg.n_feature, sizes[-1], sizes[0], cfg.dropout)
+        self.state_head = mlp(n_map, cfg.n_hidden, STATE_DIM, cfg.dropout)
+        # statistics of the state normalisation: set from the dataset with set_state_stats()
+        self.register_buffer("state_mean", torch.zeros(STATE_DIM))
+        self.register_buffer("state_std", torch.ones(STATE_DIM))
+
+        if cfg.stochastic:
+            self.z_proj = nn.Linear(cfg.n_z, n_map)
+            # posterior q(z | past, next frame, next state): the next frame gets its own small
+            # encoder (3 channels) whose map is added to the past's map
+            self.target_encoder = ConvEncoder(c, cfg.n_feature, cfg.dropout)
+            self.posterior = mlp(n_map + STATE_DIM, cfg.n_hidden, 2 * cfg.n_z, cfg.dropout)
+        self._init_weights()
+
+    def _init_weights(self):
+        # Start as "repeat the last frame, coast": zero last layers of both heads.
+        for last in (self.image_decoder.net[-1], self.state_head[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def set_state_stats(self, mean, std) -> None:
+        """The mean and std (4,) that normalise states [m, m, m/s, m/s] (dataset.stats)."""
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def coast(self, state: torch.Tensor) -> torch.Tensor:
+        """Change of a normalised state (B, 4) over one step at constant velocity."""
+        velocity = state[:, 2:] * self.state_std[2:] + self.state_mean[2:]  # (B, 2) [m/s]
+        moved = velocity * self.config.dt / self.state_std[:2]  # (B, 2) normalised position
+        return torch.cat([moved, torch.zeros_like(moved)], 1)
+
+    # ------------------------------------------------------------------ one step
+    def encode(self, frames: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """frames (B, n_cond*C, H, W) in [0, 1], states (B, n_cond, 4) -> map (B, F, h, w)."""
+        b = frames.shape[0]
+        h = self.frame_encoder(frames)  # (B, F, h, w)
+        return h + self.state_encoder(states.reshape(b, -1)).view(b, *self.map_shape)
+
+    def posterior_params(self, h: torch.Tensor, next_image: torch.Tensor,
+                         next_state: torch.Tensor):
+        """map of the past (B, F, h, w), true next image (B, C, H, W) in [0, 1] and state
+        (B, 4) -> mu, logvar (B, n_z) of q(z | ...)."""
+        b = h.shape[0]
+        hy = h + self.target_encoder(next_image)  # (B, F, h, w)
+        out = self.posterior(torch.cat([hy.reshape(b, -1), next_state], 1))  # (B, 2*n_z)
+        mu, logvar = out.float().chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, h: torch.Tensor, last_image: torch.Tensor, last_state: torch.Tensor,
+               action: torch.Tensor, z: Optional[torch.Tensor]):
+        """map (B, F, h, w) + action (B, 2) + z (B, n_z) -> next image (B, C, H, W) in [0, 1]
+        and next state (B, 4)."""
+        b = h.shape[0]
+        h = h + self.action_encoder(action).view(b, *self.map_shape)
+        if z is not None:
+            h = h + self.z_proj(z).view(b, *self.map_shape)
+        h = h + self.residual(h)
+        image = clamp_st(last_image + self.image_decoder(h).float())  # (B, C, H, W)
+        state = last_state + self.coast(last_state) + self.state_head(h.reshape(b, -1)).float()  # (B, 4)
+        return image, state
+
+    def sample_prior(self, b: int, device=None, generator=None) -> torch.Tensor:
+        """(B, n_z) draws of z ~ N(0, I)."""
+        return torch.randn(b, self.config.n_z, device=device, generator=generator)
+
+    def predict(self, images: torch.Tensor, states: torch.Tensor, action: torch.Tensor,
+                z: Optional[torch.Tensor] = None, generator=None):
+        """One step. images (B, n_cond, C, H, W) uint8 or [0, 1] float, states (B, n_cond, 4),
+        action (B, 2), z (B, n_z) (stochastic; default: a prior draw) -> next image
+        (B, C, H, W) float in [0, 1], next state (B, 4)."""
+        images = as_float_images(images)
+        b = images.shape[0]
+        if self.config.stochastic and z is None:
+            z = self.sample_prior(b, images.device, generator)
+        h = self.encode(images.flatten(1, 2), states)  # frames (B, n_cond*C, H, W)
+        return self.decode(h, images[:, -1], states[:, -1], action, z if self.config.stochastic else None)
+
+    # ------------------------------------------------------------------ many steps
+    # The frame history is a list concatenated anew at each step: the gradient of a
+    # concatenation is a set of views, whereas slicing a stacked history would allocate and
+    # zero a full (B, n_cond*C, H, W) gradient per step. Under autocast the history is kept in
+    # the autocast dtype (bf16) so it is not cast again at every step; the last frame, the
+    # base of the predicted residual, stays float32.
+
+    def unroll(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
+               z: Optional[torch.Tensor] = None, generator=None):
+        """Predict T steps feeding predictions back.
+
+        images (B, n_cond, C, H, W) and states (B, n_cond, 4): the conditioning frames;
+        actions (B, T, 2): ``actions[:, 0]`` moves the last conditioning frame to the first
+        prediction; z (B, T, n_z) for the stochastic model (default: prior draws).
+        Returns predicted images (B, T, C, H, W) float in [0, 1] and states (B, T, 4).
+        """
+        images = as_float_images(images)
+        b, t_pred = actions.shape[:2]
+        if self.config.stochastic and z is None:
+            z = torch.randn(b, t_pred, self.config.n_z, device=images.device, generator=generator)
+        n = self.config.n_cond
+        hist = _history_dtype(images.device)
+        frames = list(images.to(hist).unbind(1))  # n_cond x (B, C, H, W)
+        last = images[:, -1]  # (B, C, H, W)
+        pred_images, pred_states = [], []
+        for t in range(t_pred):
+            h = self.encode(torch.cat(frames[-n:], 1), states)  # frames (B, n_cond*C, H, W)
+            zt = z[:, t] if self.config.stochastic else None
+            last, state = self.decode(h, last, states[:, -1], actions[:, t], zt)
+            frames.append(last.to(hist))
+            pred_images.append(last)
+            pred_states.append(state)
+            states = torch.cat([states[:, 1:], state[:, None]], 1)  # (B, n_cond, 4)
+        return torch.stack(pred_images, 1), torch.stack(pred_states, 1)
+
+    def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor):
+        """Training loss on windows of n_cond + T frames.
+
+        images (B, n_cond+T, C, H, W) uint8, states (B, n_cond+T, 4), actions (B, n_cond+T, 2).
+        Returns ``(loss, metrics)``: metrics are detached scalars (loss, image_mse, state_mse,
+        kl; z_prior_fraction for the stochastic model). In eval mode (no dropout) the
+        stochastic model uses the posterior mean and no z-dropout: nothing is random.
+        """
+        cfg = self.config
+        n = cfg.n_cond
+        images = as_float_images(images)
+        b, t_all = images.shape[:2]
+        t_pred = t_all - n
+        if t_pred < 1:
+            raise ValueError(f"windows of {t_all} frames leave nothing to predict after {n}")
+        hist = _history_dtype(images.device)
+        frames = list(images[:, :n].to(hist).unbind(1))  # n_cond x (B, C, H, W)
+        last = images[:, n - 1]  # (B, C, H, W)
+        past = states[:, :n]  # (B, n_cond, 4)
+        image_mse = state_mse = kl = prior_used = 0.0
+        for t in range(n, t_all):
+            target_image, target_state = images[:, t], states[:, t]
+            h = self.encode(torch.cat(frames[-n:], 1), past)  # (B, F, h, w)
+            z = None
+            if cfg.stochastic:
+                mu, logvar = self.posterior_params(h, target_image, target_state)
+                if self.training:
+                    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # (B, n_z)
+                else:  # evaluation: the posterior mean, no random draw
+                    z = mu
+                kl = kl + 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+                if self.training and cfg.z_dropout > 0:
+                    use_prior = torch.rand(b, 1, device=z.device) < cfg.z_dropout  # (B, 1)
+                    z = torch.where(use_prior, torch.randn_like(z), z)
+                    prior_used = prior_used + use_prior.float().mean()
+            last, state = self.decode(h, last, past[:, -1], actions[:, t - 1], z)
+            image_mse = image_mse + F.mse_loss(last, target_image)
+            state_mse = state_mse + F.mse_loss(state, target_state)
+            frames.append(last.to(hist))
+            past = torch.cat([past[:, 1:], state[:, None]], 1)
+        image_mse, state_mse, kl = image_mse / t_pred, state_mse / t_pred, kl / t_pred
+        loss = image_mse + state_mse + cfg.beta * kl
+        metrics = {"loss": loss, "image_mse": image_mse, "state_mse": state_mse}
+        if cfg.stochastic:
+            metrics["kl"] = kl
+            metrics["z_prior_fraction"] = torch.as_tensor(prior_used / t_pred)
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def load_deterministic(self, state_dict: dict) -> list:
+        """Warm start from a deterministic model: copy every weight it has (all but the
+        posterior and the z projection). Returns the names left at their initialisation."""
+        own = self.state_dict()
+        shared = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict(shared, strict=False)
+        return sorted(set(own) - set(shared))
+
+
+def _history_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype when autocast is on for ``device``, else float32."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (TypeError, AttributeError):  # torch < 2.4: no per-device query
+        pass
+    return torch.float32
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> float32 in [0, 1]; float images pass through."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images

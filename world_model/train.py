@@ -1,0 +1,427 @@
+"""Train the forward model: ``python run.py train-model``.
+
+The loop only samples, steps and logs; the model computes its own loss
+(:meth:`world_model.model.ForwardModel.forward`). Output folder (``--out``)::
+
+    checkpoint.pt   config + model + optimizer + step + RNG states (written atomically)
+    log.csv         step, train loss parts, validation loss parts, seconds
+
+A checkpoint is written at every validation and at the end. Ctrl-C or SIGTERM finishes the
+current step, writes a checkpoint and returns; ``--resume`` continues from it and takes
+exactly the steps an uninterrupted run would have taken (same batches, same dropout and z
+draws). The stochastic model starts from the deterministic model of the same preset when
+one has been trained (its posterior and z projection are new).
+
+Presets (measured on a 2-core machine, an AMD EPYC with native bf16;
+see ``benchmarks/bench_model.py`` and the README):
+
+- ``tiny``: a few thousand parameters, a minute on a laptop CPU; for tests and CI.
+- ``default``: the model for policy learning on CPU (64 features). Measured: 4,600
+  deterministic steps in 1,951 s (about 37 min for its 5,000), validation image MSE 0.0056
+  at step 4,500; the 2,500 stochastic steps that follow add about 20 min. The widths
+  compared are in :data:`WIDTH_TRADE_OFF`.
+- ``paper``: the reference scale (256 features, batch 64, 20 + 20 frames, n_z 32, Adam 1e-4,
+  gradient clip 5, 200k steps), for an accelerator (bf16 autocast on cuda).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from traffic_sim.cli_util import UserError, doc
+from traffic_sim.paths import artifacts_dir, atomic_output
+
+from .model import ForwardModel, ModelConfig
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+CHECKPOINT_KIND = "ppuu-forward-model"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture and optimisation of one training scale."""
+
+    model: ModelConfig
+    n_pred: int  # predicted (unrolled) frames per training window
+    batch_size: int
+    steps: int  # optimizer updates
+    lr: float  # Adam learning rate
+    grad_clip: float  # max gradient norm
+    val_every: int  # steps between validations (and checkpoints)
+    val_batches: int  # fixed validation batches
+    log_every: int  # steps between rows of log.csv
+    steps_stochastic: Optional[int] = None  # steps of the (warm-started) stochastic model; None: steps
+
+
+PRESETS = {
+    "tiny": Preset(
+        model=ModelConfig(n_cond=4, n_feature=16, n_hidden=32, n_z=4),
+        n_pred=4, batch_size=16, steps=1000, lr=1e-3, grad_clip=5.0,
+        val_every=250, val_batches=2, log_every=25),
+    "default": Preset(
+        model=ModelConfig(n_cond=20, n_feature=64, n_hidden=128, n_z=32),
+        n_pred=10, batch_size=32, steps=5000, lr=5e-4, grad_clip=5.0,
+        val_every=500, val_batches=8, log_every=50, steps_stochastic=2500),
+    "paper": Preset(
+        model=ModelConfig(n_cond=20, n_feature=256, n_hidden=256, n_z=32),
+        n_pred=20, batch_size=64, steps=200_000, lr=1e-4, grad_clip=5.0,
+        val_every=2000, val_batches=8, log_every=100),
+}
+
+# What each reduction of the width costs: three widths (n_feature, n_hidden = 2 n_feature),
+# each trained 1,200 steps (batch 32, 20 + 10 frames) on 2 minutes of synthetic traffic,
+# evaluated on its validation split. Wall-clock times were taken while other jobs shared the
+# two cores, so only their order of magnitude counts.
+WIDTH_TRADE_OFF = """
+n_feature  time [s]  val image MSE  image MSE at 1 s  at 2 s   (last-frame baseline: 0.0239, 0.0348)
+    32        416       0.00902         0.0143        0.0220
+    64        857       0.00774         0.0124        0.0207
+   128        816       0.00710         0.0115        0.0198
+"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train the forward model (deterministic, or latent-variable warm-started from it)."""
+
+    model: str = doc("deterministic | stochastic", "deterministic",
+                     choices=["deterministic", "stochastic"])
+    preset: str = doc("tiny (CI, ~1 min) | default (CPU, <1 h) | paper (reference, accelerator)",
+                      "default", choices=list(PRESETS))
+    device: str = doc("cpu | cuda", "cpu", choices=["cpu", "cuda"])
+    resume: bool = doc("continue from the checkpoint in --out", False)
+    dataset: Optional[str] = doc("dataset folder (default: the default dataset, built on first use)", None)
+    out: Optional[str] = doc("output folder (default: <artifacts>/models/<model>-<preset>)", None)
+    steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
+    seed: int = doc("random seed (weights, batches, dropout, z)", 0)
+    warm_start: Optional[str] = doc(
+        "deterministic checkpoint to start the stochastic model from "
+        "(default: <artifacts>/models/deterministic-<preset> if it exists)", None)
+    precision: str = doc("auto (bf16 on cuda and on CPUs with native bf16) | fp32 | bf16", "auto",
+                         choices=["auto", "fp32", "bf16"])
+    threads: Optional[int] = doc("CPU threads (default: torch's choice, one per core)", None)
+    quiet: bool = doc("no progress bar", False)
+
+
+def default_out(model: str, preset: str) -> Path:
+    return artifacts_dir() / "models" / f"{model}-{preset}"
+
+
+# ---------------------------------------------------------------------- helpers
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast (fp32 weights, bf16 matrix products), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint file (or a folder holding ``checkpoint.pt``), loaded with weights_only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise UserError(f"{path}: not a forward-model checkpoint")
+    return ckpt
+
+
+def load_model(path, device="cpu") -> tuple:
+    """``(model in eval mode, checkpoint dict)`` from a checkpoint written by training."""
+    ckpt = load_checkpoint(path, map_location=device)
+    model = ForwardModel(ModelConfig.from_dict(ckpt["model_config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def preset_to_dict(p: Preset) -> dict:
+    return asdict(p)  # the nested ModelConfig becomes a dict too
+
+
+def preset_from_dict(d: dict) -> Preset:
+    d = dict(d)
+    d["model"] = ModelConfig.from_dict(d["model"])
+    return Preset(**d)
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM request a stop after the current step; a second Ctrl-C stops now."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no handlers, Ctrl-C raises as usual
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class _CsvLog:
+    FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "val_loss", "val_image_mse",
+              "val_state_mse", "seconds"]
+
+    def __init__(self, path: Path, resume_step: Optional[int]):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.is_file():  # drop rows past the checkpoint
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with atomic_output(path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, self.FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+        self.fh = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, self.FIELDS)
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+@torch.no_grad()
+def validate(model: ForwardModel, batches: list, device, dtype) -> dict:
+    """Mean loss parts over fixed batches, dropout off (for the stochastic model, z from the
+    posterior: a reconstruction score)."""
+    was_training = model.training
+    model.eval()
+    sums = {}
+    for batch in batches:
+        with autocast(device, dtype):
+            _, metrics = model(batch["images"], batch["states"], batch["actions"])
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    model.train(was_training)
+    return {k: v / len(batches) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------- training
+def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
+    """Train (or resume) as ``cfg`` says; return the checkpoint path. ``preset`` replaces the
+    named preset (experiments, tests)."""
+    from data.build import ensure_dataset
+    from data.dataset import Dataset, WindowSampler
+
+    if preset is None:
+        if cfg.preset not in PRESETS:
+            raise UserError(f"unknown preset {cfg.preset!r} (have {', '.join(PRESETS)})")
+        preset = PRESETS[cfg.preset]
+    if cfg.model not in ("deterministic", "stochastic"):
+        raise UserError(f"--model must be deterministic or stochastic, got {cfg.model!r}")
+    if cfg.steps is not None and cfg.steps < 0:
+        raise UserError(f"--steps must be at least 0, got {cfg.steps}")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+    out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.preset)
+    ckpt_path = out / CHECKPOINT
+    resume_ckpt = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out}")
+        resume_ckpt = load_checkpoint(ckpt_path, map_location=device)
+        preset = preset_from_dict(resume_ckpt["preset"])
+    elif ckpt_path.is_file():
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+    preset_steps = preset.steps
+    if cfg.model == "stochastic" and preset.steps_stochastic is not None:
+        preset_steps = preset.steps_stochastic
+    total_steps = cfg.steps if cfg.steps is not None else preset_steps
+    if resume_ckpt is not None:
+        dataset_path = Path(cfg.dataset or resume_ckpt["dataset"])
+    else:
+        dataset_path = Path(cfg.dataset) if cfg.dataset else ensure_dataset(quiet=cfg.quiet)
+    dataset = Dataset.open(dataset_path)
+    dt = float(dataset.manifest.get("dt", 0.1))
+    model_cfg = dataclasses.replace(preset.model, stochastic=cfg.model == "stochastic", dt=dt)
+    if resume_ckpt is not None:
+        model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
+    dtype = resolve_precision(cfg.precision, device)
+
+    torch.manual_seed(cfg.seed)
+    model = ForwardModel(model_cfg).to(device)
+    model.set_state_stats(dataset.stats["state_mean"], dataset.stats["state_std"])
+    opt = torch.optim.Adam(model.parameters(), lr=preset.lr)
+    train_sampler = WindowSampler(dataset, "train", model_cfg.n_cond, preset.n_pred,
+                                  preset.batch_size, seed=cfg.seed, device=device)
+    val_sampler = WindowSampler(dataset, "val", model_cfg.n_cond, preset.n_pred,
+                                preset.batch_size, seed=0, device=device)
+    val_batches = val_sampler.fixed_batches(preset.val_batches, seed=0)
+
+    step, seconds, warm_from = 0, 0.0, None
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        opt.load_state_dict(resume_ckpt["optimizer"])
+        step, seconds = int(resume_ckpt["step"]), float(resume_ckpt["seconds"])
+        warm_from = resume_ckpt.get("warm_start")
+        _set_rng_state(resume_ckpt["rng"], train_sampler, device)
+    elif model_cfg.stochastic:
+        warm_from = _warm_start(model, cfg, model_cfg, device)
+
+    def checkpoint(val: Optional[dict] = None) -> None:
+        save_checkpoint(ckpt_path, {
+            "kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+            "model_config": model_cfg.to_dict(), "preset": preset_to_dict(preset),
+            "train_config": asdict(cfg), "dataset": str(dataset_path),
+            "stats": {k: v.tolist() for k, v in dataset.stats.items()},
+            "warm_start": warm_from, "step": step, "seconds": seconds, "val": val,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": _get_rng_state(train_sampler, device),
+        })
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = _CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None)
+    if resume_ckpt is None:
+        checkpoint()  # step 0: --resume works from the very start
+    bar = None
+    if not cfg.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}-{cfg.preset}",
+                   unit="step", dynamic_ncols=True)
+    interrupted = False
+    sums, n_sum = {}, 0
+    t_last = time.perf_counter()
+    model.train()
+    try:
+        with _StopFlag() as stop:
+            while step < total_steps and not stop.stop:
+                batch = train_sampler.sample()
+                with autocast(device, dtype):
+                    loss, metrics = model(batch["images"], batch["states"], batch["actions"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
+                opt.step()
+                step += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_sum += 1
+                now = time.perf_counter()
+                seconds += now - t_last
+                t_last = now
+                val = None
+                if step % preset.val_every == 0 or step == total_steps:
+                    val = validate(model, val_batches, device, dtype)
+                if step % preset.log_every == 0 or val is not None:
+                    row = {"step": step, "seconds": round(seconds, 2)}
+                    row.update({k: float(v) / n_sum for k, v in sums.items() if k in _CsvLog.FIELDS})
+                    if val is not None:
+                        row.update({f"val_{k}": v for k, v in val.items() if f"val_{k}" in _CsvLog.FIELDS})
+                    log.write(row)
+                    if not math.isfinite(row["loss"]):
+                        raise RuntimeError(f"step {step}: the loss is {row['loss']}; "
+                                           "lower the learning rate")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4g}",
+                                        **({"val": f"{val['loss']:.4g}"} if val else {}))
+                    sums, n_sum = {}, 0
+                if val is not None:
+                    checkpoint(val)
+                    t_last = time.perf_counter()  # checkpoints and validation are not training
+                if bar is not None:
+                    bar.update(1)
+            interrupted = stop.stop and step < total_steps
+        if interrupted:
+            checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    if interrupted and not cfg.quiet:
+        print(f"stopped at step {step}: checkpoint saved; continue with --resume")
+    return ckpt_path
+
+
+def _warm_start(model: ForwardModel, cfg: TrainConfig, model_cfg: ModelConfig, device) -> Optional[str]:
+    """Load the deterministic weights into a fresh stochastic model; return their path."""
+    path = Path(cfg.warm_start) if cfg.warm_start else default_out("deterministic", cfg.preset) / CHECKPOINT
+    if not path.exists():
+        if cfg.warm_start:
+            raise UserError(f"--warm-start {path}: no such checkpoint")
+        if not cfg.quiet:
+            print(f"no deterministic model at {path}: the stochastic model starts from scratch")
+        return None
+    ckpt = load_checkpoint(path, map_location=device)
+    theirs = ModelConfig.from_dict(ckpt["model_config"])
+    if dataclasses.replace(theirs, stochastic=True, n_z=model_cfg.n_z, beta=model_cfg.beta,
+                           z_dropout=model_cfg.z_dropout) != model_cfg:
+        raise UserError(f"--warm-start {path}: its architecture differs from the preset's")
+    missing = model.load_deterministic(ckpt["model"])
+    if not cfg.quiet:
+        print(f"warm start from {path} (step {ckpt['step']}); new: "
+              f"{', '.join(sorted({m.split('.')[0] for m in missing}))}")
+    return str(path)
+
+
+def _get_rng_state(sampler, device) -> dict:
+    state = {"torch": torch.get_rng_state(),
+             "sampler": json.dumps(sampler.rng.bit_generator.state)}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, sampler, device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    sampler.rng.bit_generator.state = json.loads(state["sampler"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
