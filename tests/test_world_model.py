@@ -72,13 +72,13 @@ def test_shapes_and_dtypes(stochastic):
     assert image.shape == (3, *IMAGE_SHAPE) and image.dtype == torch.float32
     assert state.shape == (3, 4) and state.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
-    # untrained, the model predicts "nothing changes": the last frame, and the state coasts
+    # untrained, the model predicts "nothing changes": the last frame, and the same velocity
     assert torch.allclose(image, cond_i[:, -1].float() / 255)
-    assert torch.allclose(state, cond_s[:, -1] + model.coast(cond_s[:, -1]))
+    assert torch.allclose(state, model.advance(cond_s[:, -1], torch.zeros(3, 2)))
 
 
-def test_untrained_state_head_coasts_at_constant_velocity():
-    """The state head predicts a residual over coasting: position += velocity * dt."""
+def test_positions_move_by_velocity_times_dt():
+    """The state head predicts the change of velocity; position += velocity * dt."""
     from data.dataset import denormalise_states, normalise_states
 
     stats = {"state_mean": torch.tensor([10.0, 200.0, 0.1, 9.0]),
@@ -147,7 +147,7 @@ def test_z_dropout_is_per_sample():
     _, metrics = model(batch["images"], batch["states"], batch["actions"])
     assert len(seen) == 3  # one z per predicted step
     for z in seen:
-        from_posterior = (z - 100).abs().max(1).values < 1e-2  # (B,)
+        from_posterior = (z - 100).abs().max(1).values < 1  # (B,)
         from_prior = z.abs().max(1).values < 10
         assert torch.all(from_posterior ^ from_prior)
         assert 10 < int(from_prior.sum()) < 54  # some of each within one batch
@@ -172,6 +172,7 @@ def test_tiny_model_overfits_one_batch(dataset_dir):
     ds = Dataset.open(dataset_dir)
     batch = WindowSampler(ds, "train", n_cond=4, n_pred=2, batch_size=4, seed=3).sample()
     model = ForwardModel(dataclasses.replace(TINY, n_feature=32, n_hidden=64, dropout=0.0))
+    model.set_state_stats(ds.stats["state_mean"], ds.stats["state_std"])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):
@@ -180,7 +181,7 @@ def test_tiny_model_overfits_one_batch(dataset_dir):
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
 
 
 def test_warm_start_copies_the_deterministic_weights():
