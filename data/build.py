@@ -231,6 +231,8 @@ def build_dataset(cfg: BuildConfig) -> Path:
                 "start": eps.start.tolist(),
                 "track": eps.track.tolist(),
                 "vehicle_id": [int(v) for v in eps.vehicle_id],
+                "length": [round(float(v), 4) for v in scene.track_length[eps.track]],
+                "width": [round(float(v), 4) for v in scene.track_width[eps.track]],
                 "location": [scene.location] * n_ep,
             },
             "build": {

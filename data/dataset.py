@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: car sizes per episode
 IMAGE_SHAPE = (3, 117, 24)  # (C, H, W): channels lane markings, other vehicles, off-road
 STATE_DIM = 4  # (x, y, vx, vy) [m, m, m/s, m/s]
 ACTION_DIM = 2  # (acceleration [m/s^2], steering [1/m])
@@ -23,6 +23,7 @@ IMAGES_FILE = "images.u8"
 STATES_FILE = "states.f32"
 ACTIONS_FILE = "actions.f32"
 STAT_KEYS = ("state_mean", "state_std", "action_mean", "action_std")
+BATCH_KEYS = ("images", "states", "actions", "car_size")
 
 
 # ---------------------------------------------------------------- normalisation
@@ -71,6 +72,8 @@ class Dataset:
         self.actions = actions
         self.episode_start = np.asarray(manifest["episodes"]["start"], dtype=np.int64)
         self.stats = {k: np.asarray(manifest["stats"][k], dtype=np.float32) for k in STAT_KEYS}
+        eps = manifest["episodes"]
+        self.car_size = np.stack([eps["length"], eps["width"]], 1).astype(np.float32)  # (E, 2) [m]
 
     @classmethod
     def open(cls, path) -> "Dataset":
@@ -129,7 +132,7 @@ class WindowSampler:
 
     ``sample()`` returns a dict of tensors on ``device``: ``images`` (B, T, 3, 117, 24) uint8,
     ``states`` (B, T, 4) and ``actions`` (B, T, 2) float32 normalised with the train stats,
-    T = n_cond + n_pred. Iterating yields batches forever.
+    T = n_cond + n_pred, and ``car_size`` (B, 2) float32: length and width of the car [m]. Iterating yields batches forever.
     """
 
     def __init__(self, dataset: Dataset, split: str, n_cond: int = 20, n_pred: int = 20,
@@ -179,9 +182,11 @@ class WindowSampler:
         actions = normalise_actions(np.take(ds.actions, rows, axis=0), self._stats)
         host["states"].numpy()[...] = states.reshape(b, t, STATE_DIM)
         host["actions"].numpy()[...] = actions.reshape(b, t, ACTION_DIM)
+        episode = np.searchsorted(ds.episode_start, starts, side="right") - 1  # (B,)
+        host["car_size"].numpy()[...] = ds.car_size[episode]
         if not self._pin:
             return host if self.device.type == "cpu" else {k: v.to(self.device) for k, v in host.items()}
-        batch = {k: host[k].to(self.device, non_blocking=True) for k in ("images", "states", "actions")}
+        batch = {k: host[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
         host["_event"].record()  # the buffer may be reused once this copy has finished
         return batch
 
@@ -189,7 +194,8 @@ class WindowSampler:
         t = self.window
         shapes = {"images": ((b, t, *IMAGE_SHAPE), torch.uint8),
                   "states": ((b, t, STATE_DIM), torch.float32),
-                  "actions": ((b, t, ACTION_DIM), torch.float32)}
+                  "actions": ((b, t, ACTION_DIM), torch.float32),
+                  "car_size": ((b, 2), torch.float32)}
         if not self._pin:  # fresh tensors: the caller owns them
             return {k: torch.empty(s, dtype=d) for k, (s, d) in shapes.items()}
         # A small ring of pinned buffers so non-blocking copies can overlap the next gather.

@@ -44,7 +44,7 @@ def _frames(*arrays):
 # ---------------------------------------------------------------- format
 def test_manifest_and_arrays(ds, built):
     m = json.loads((built / "manifest.json").read_text())
-    assert m["version"] == 1 and m["dt"] == 0.1 and m["image_shape"] == [3, 117, 24]
+    assert m["version"] == 2 and m["dt"] == 0.1 and m["image_shape"] == [3, 117, 24]
     assert m["n_episodes"] == ds.n_episodes == N_EP
     assert m["n_frames"] == ds.n_frames == ds.episode_start[-1]
     assert ds.episode_start.dtype == np.int64 and ds.episode_start[0] == 0
@@ -105,6 +105,7 @@ def test_image_shows_the_car_at_the_same_instant(ds, traffic):
         k = tracks[e]
         row = scene.tr_start[k] + t
         assert scene.track_vehicle_id[k] == ds.manifest["episodes"]["vehicle_id"][e]
+        np.testing.assert_allclose(ds.car_size[e], [scene.track_length[k], scene.track_width[k]], atol=1e-4)
         v = scene.tr_speed[row]
         want_state = np.array([scene.tr_x[row], scene.tr_y[row], v * scene.tr_ux[row], v * scene.tr_uy[row]])
         np.testing.assert_allclose(ds.states[ds.episode_start[e] + t], want_state, rtol=1e-6, atol=1e-5)
@@ -190,6 +191,9 @@ def test_sampler_batches_match_raw_windows(ds):
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(denormalise_actions(batch["actions"], ds.stats).numpy(), ds.actions[rows],
                                atol=1e-6)
+    episode = np.searchsorted(ds.episode_start, expected_starts, side="right") - 1
+    np.testing.assert_array_equal(batch["car_size"].numpy(), ds.car_size[episode])
+    assert batch["car_size"].shape == (16, 2) and (batch["car_size"][:, 0] > batch["car_size"][:, 1]).all()
 
 
 def test_windows_stay_inside_split_episodes(ds):
