@@ -3,8 +3,10 @@
 One episode per recorded vehicle: for each of its frames the state image rendered around the
 car by the simulator's rasteriser (the same function the environment observes with), the
 state vector (x, y, vx, vy) and the action (acceleration, steering) that moves this state to
-the next one. Episodes are split 80/10/10 by vehicle with a seeded permutation of a sorted
-list, so the split depends only on the data and the seed. Normalisation statistics come
+the next one. Episodes are split 80/10/10 by vehicle with a seeded permutation of the sorted
+track list (``traffic_sim.scene.track_split``), so the split depends only on the data and the
+seed, and for seed 0 it is the simulator's: the vehicles held out for evaluation are held out
+here too. Normalisation statistics come
 from the training split.
 
 A track's last recorded row is not stored: it has no next position, hence no measured
@@ -31,7 +33,7 @@ import numpy as np
 
 from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir
-from traffic_sim.scene import DT, SPLIT_FRACTIONS, SPLITS
+from traffic_sim.scene import DT, SPLITS, track_split
 
 from .dataset import ACTIONS_FILE, FORMAT_VERSION, IMAGE_SHAPE, IMAGES_FILE, MANIFEST, STATES_FILE
 
@@ -90,14 +92,11 @@ def select_episodes(scene, min_frames: int, max_episodes: Optional[int]) -> _Epi
                      first_frame=scene.tr_frame[scene.tr_start[tracks]], rows=rows, start=start)
 
 
-def split_episodes(n: int, seed: int) -> dict:
-    """Split episode ids 0..n-1 (already in a stable sorted order) 80/10/10 with a seeded
-    permutation; each split sorted."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = int(round(SPLIT_FRACTIONS[0] * n))
-    n_val = int(round(SPLIT_FRACTIONS[1] * n))
-    parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
-    return {name: np.sort(p) for name, p in zip(SPLITS, parts)}
+def split_episodes(tracks: np.ndarray, n_tracks: int, seed: int) -> dict:
+    """Episode ids by split: an episode is in its track's split (:func:`track_split`, the
+    simulator's split for the same seed); each split sorted."""
+    split = track_split(n_tracks, seed)[tracks]
+    return {name: np.flatnonzero(split == i) for i, name in enumerate(SPLITS)}
 
 
 def train_stats(states: np.ndarray, actions: np.ndarray, start: np.ndarray, train: np.ndarray) -> dict:
@@ -176,7 +175,7 @@ def build_dataset(cfg: BuildConfig) -> Path:
     if n_ep == 0:
         raise UserError(f"no usable tracks: none of the {scene.n_tracks} tracks has "
                         f"{cfg.min_frames} frames (lower --min-frames?)")
-    splits = split_episodes(n_ep, cfg.seed)
+    splits = split_episodes(eps.track, len(scene.track_length), cfg.seed)
 
     # States and actions are small (24 bytes a frame): computed whole.
     r = eps.rows

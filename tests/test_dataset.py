@@ -9,6 +9,7 @@ import torch
 
 import data.build as build_mod
 from data.build import BuildConfig, build_dataset, ensure_dataset, split_episodes
+from traffic_sim.scene import track_split
 from data.dataset import (Dataset, WindowSampler, denormalise_actions, denormalise_states,
                           normalise_actions, normalise_states)
 from traffic_sim.cli_util import UserError
@@ -135,7 +136,14 @@ def test_splits_are_stable_disjoint_and_seeded(ds, built, traffic, tmp_path):
     parts = [ds.split(n) for n in ("train", "val", "test")]
     allp = np.concatenate(parts)
     assert len(allp) == len(set(allp.tolist())) == ds.n_episodes
-    assert [len(p) for p in parts] == [32, 4, 4]
+    assert len(parts[0]) > len(parts[1]) and len(parts[0]) > len(parts[2])
+    # the simulator's held-out vehicles are held out here too
+    scene = load_scene(traffic)
+    tracks = np.asarray(m1["episodes"]["track"])
+    for name, part in zip(("train", "val", "test"), parts):
+        assert set(tracks[part].tolist()) >= set(scene.episodes[name].tolist()) & set(tracks.tolist())
+        others = set(scene.episodes["all"].tolist()) - set(scene.episodes[name].tolist())
+        assert not set(tracks[part].tolist()) & others
 
     other = tmp_path / "c"
     build_dataset(BuildConfig(trajectories=str(traffic), out=str(other), max_episodes=N_EP, seed=1, quiet=True))
@@ -143,9 +151,12 @@ def test_splits_are_stable_disjoint_and_seeded(ds, built, traffic, tmp_path):
     assert m3["splits"]["train"] != m1["splits"]["train"]
     assert m3["episodes"] == m1["episodes"]  # the episodes themselves do not depend on the seed
 
-    big = split_episodes(1000, 3)
-    assert [len(big[n]) for n in ("train", "val", "test")] == [800, 100, 100]
-    assert np.array_equal(np.sort(np.concatenate(list(big.values()))), np.arange(1000))
+    big = track_split(1000, 3)
+    assert np.bincount(big).tolist() == [800, 100, 100]
+    assert np.array_equal(track_split(1000, 3), big) and not np.array_equal(track_split(1000, 4), big)
+    every_other = split_episodes(np.arange(0, 1000, 2), 1000, 3)
+    assert sum(len(v) for v in every_other.values()) == 500
+    assert np.array_equal(every_other["test"], np.flatnonzero(big[::2] == 2))
 
 
 def test_stats_come_from_train_only(ds):

@@ -27,9 +27,9 @@ SAFE_TIME = 1.5  # [s] time headway of the safe distance
 SAFE_MARGIN = 1.0  # [m] added to the safe distance
 
 # Signed distances of pixel centres from the image centre [m]: ahead is positive.
-_ALONG = (0.5 * IMAGE_H - (np.arange(IMAGE_H) + 0.5)) / PX_PER_M
-_ACROSS = ((np.arange(IMAGE_W) + 0.5) - 0.5 * IMAGE_W) / PX_PER_M
-_LANE_HALF = 0.5 * LANE_WIDTH - 0.5 / PX_PER_M  # [m] half-width of the lane-cost triangle
+ALONG_M = (0.5 * IMAGE_H - (np.arange(IMAGE_H) + 0.5)) / PX_PER_M
+ACROSS_M = ((np.arange(IMAGE_W) + 0.5) - 0.5 * IMAGE_W) / PX_PER_M
+LANE_HALF = 0.5 * LANE_WIDTH - 0.5 / PX_PER_M  # [m] half-width of the lane-cost triangle
 
 
 def _ramp(distance, flat, fall):
@@ -43,13 +43,13 @@ def _profiles(speed, length, width):
     speed = np.asarray(speed, dtype=float)[:, None]
     half_length = 0.5 * np.asarray(length, dtype=float)[:, None]
     safe = SAFE_TIME * np.abs(speed) + SAFE_MARGIN
-    prox_along = _ramp(_ALONG[None, :], half_length, safe)
-    prox_across = _ramp(_ACROSS[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
-    lane_along = (np.abs(_ALONG[None, :]) <= half_length).astype(float)
+    prox_along = _ramp(ALONG_M[None, :], half_length, safe)
+    prox_across = _ramp(ACROSS_M[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
+    lane_along = (np.abs(ALONG_M[None, :]) <= half_length).astype(float)
     return prox_along, prox_across, lane_along, _LANE_ACROSS
 
 
-_LANE_ACROSS = _ramp(_ACROSS, 0.0, _LANE_HALF)
+_LANE_ACROSS = _ramp(ACROSS_M, 0.0, LANE_HALF)
 
 
 def proximity_mask(speed, length, width):

@@ -228,21 +228,16 @@ class Scene:
 
     def _split_episodes(self, seed: int) -> dict:
         """Tracks usable as episodes (20 frames of history, then reaching the success line),
-        split 80/10/10 by vehicle with a seeded permutation of the sorted track list."""
+        in the train/val/test split of :func:`track_split` (by vehicle, seeded): the dataset
+        builder splits with the same function, so the held-out vehicles are the same."""
         self.ep_row = self._handover_rows()
         last_y = self.tr_y[self.tr_start[1:] - 1]
         usable = np.flatnonzero((self.ep_row >= 0) & (last_y >= self.success_y))
         usable = usable[self.tr_y[self.ep_row[usable]] < self.success_y]
-        perm = np.random.default_rng(seed).permutation(len(usable))
-        n_train = int(round(SPLIT_FRACTIONS[0] * len(usable)))
-        n_val = int(round(SPLIT_FRACTIONS[1] * len(usable)))
-        shuffled = usable[perm]
-        return {
-            "train": np.sort(shuffled[:n_train]),
-            "val": np.sort(shuffled[n_train:n_train + n_val]),
-            "test": np.sort(shuffled[n_train + n_val:]),
-            "all": usable,
-        }
+        split = track_split(len(self.track_length), seed)[usable]
+        episodes = {name: usable[split == i] for i, name in enumerate(SPLITS)}
+        episodes["all"] = usable
+        return episodes
 
     def _handover_rows(self) -> np.ndarray:
         """(K,) row (in track order) where each track's episode hands over to the policy:
@@ -257,10 +252,22 @@ class Scene:
         return np.where(first < n, first, -1)
 
 
+def track_split(n_tracks: int, seed: int = 0) -> np.ndarray:
+    """(K,) split of tracks 0..K-1 (sorted by vehicle id, then time): 0 train, 1 val, 2 test,
+    80/10/10 by a seeded permutation. It depends only on the number of tracks and the seed."""
+    perm = np.random.default_rng(seed).permutation(n_tracks)
+    n_train = int(round(SPLIT_FRACTIONS[0] * n_tracks))
+    n_val = int(round(SPLIT_FRACTIONS[1] * n_tracks))
+    split = np.full(n_tracks, 2, dtype=np.int8)
+    split[perm[:n_train]] = 0
+    split[perm[n_train:n_train + n_val]] = 1
+    return split
+
+
 _ARRAY_FIELDS = ("frame_start", "frame", "track", "x", "y", "ux", "uy", "length", "width", "key",
                  "tr_start", "tr_frame", "tr_x", "tr_y", "tr_ux", "tr_uy", "tr_speed", "tr_acc",
                  "tr_steer", "track_length", "track_width", "track_vehicle_id", "ep_row")
-CACHE_VERSION = 2  # bump when the scene's content or layout changes
+CACHE_VERSION = 3  # bump when the scene's content or layout changes
 
 
 def save_scene(scene: Scene, path) -> None:

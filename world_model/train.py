@@ -159,16 +159,18 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint file (or a folder holding ``checkpoint.pt``), loaded with weights_only."""
+def load_checkpoint(path, map_location="cpu", kind: str = CHECKPOINT_KIND,
+                    what: str = "forward-model") -> dict:
+    """A checkpoint file (or a folder holding ``checkpoint.pt``) of the given kind, loaded
+    with weights_only."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
-        raise UserError(f"{path}: not a forward-model checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        raise UserError(f"{path}: not a {what} checkpoint")
     return ckpt
 
 
@@ -191,7 +193,7 @@ def preset_from_dict(d: dict) -> Preset:
     return Preset(**d)
 
 
-class _StopFlag:
+class StopFlag:
     """Ctrl-C / SIGTERM request a stop after the current step; a second Ctrl-C stops now."""
 
     def __init__(self):
@@ -217,12 +219,13 @@ class _StopFlag:
         return False
 
 
-class _CsvLog:
+class CsvLog:
     FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "val_loss", "val_image_mse",
               "val_state_mse", "seconds"]
 
-    def __init__(self, path: Path, resume_step: Optional[int]):
+    def __init__(self, path: Path, resume_step: Optional[int], fields: Optional[list] = None):
         self.path = path
+        self.FIELDS = list(fields or self.FIELDS)
         rows = []
         if resume_step is not None and path.is_file():  # drop rows past the checkpoint
             with open(path, newline="") as fh:
@@ -322,7 +325,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         opt.load_state_dict(resume_ckpt["optimizer"])
         step, seconds = int(resume_ckpt["step"]), float(resume_ckpt["seconds"])
         warm_from = resume_ckpt.get("warm_start")
-        _set_rng_state(resume_ckpt["rng"], train_sampler, device)
+        set_rng_state(resume_ckpt["rng"], train_sampler, device)
     elif model_cfg.stochastic:
         warm_from = _warm_start(model, cfg, model_cfg, device)
 
@@ -334,11 +337,11 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
             "stats": {k: v.tolist() for k, v in dataset.stats.items()},
             "warm_start": warm_from, "step": step, "seconds": seconds, "val": val,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": _get_rng_state(train_sampler, device),
+            "rng": get_rng_state(train_sampler, device),
         })
 
     out.mkdir(parents=True, exist_ok=True)
-    log = _CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None)
+    log = CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None)
     if resume_ckpt is None:
         checkpoint()  # step 0: --resume works from the very start
     bar = None
@@ -352,7 +355,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
     t_last = time.perf_counter()
     model.train()
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < total_steps and not stop.stop:
                 batch = train_sampler.sample()
                 with autocast(device, dtype):
@@ -382,9 +385,9 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
                     val = validate(model, val_batches, device, dtype)
                 if step % preset.log_every == 0 or val is not None:
                     row = {"step": step, "seconds": round(seconds, 2)}
-                    row.update({k: float(v) / n_sum for k, v in sums.items() if k in _CsvLog.FIELDS})
+                    row.update({k: float(v) / n_sum for k, v in sums.items() if k in CsvLog.FIELDS})
                     if val is not None:
-                        row.update({f"val_{k}": v for k, v in val.items() if f"val_{k}" in _CsvLog.FIELDS})
+                        row.update({f"val_{k}": v for k, v in val.items() if f"val_{k}" in CsvLog.FIELDS})
                     log.write(row)
                     if not math.isfinite(row["loss"]):
                         raise RuntimeError(f"step {step}: the loss is {row['loss']}; "
@@ -431,7 +434,7 @@ def _warm_start(model: ForwardModel, cfg: TrainConfig, model_cfg: ModelConfig, d
     return str(path)
 
 
-def _get_rng_state(sampler, device) -> dict:
+def get_rng_state(sampler, device) -> dict:
     state = {"torch": torch.get_rng_state(),
              "sampler": json.dumps(sampler.rng.bit_generator.state)}
     if device.type == "cuda":
@@ -439,7 +442,7 @@ def _get_rng_state(sampler, device) -> dict:
     return state
 
 
-def _set_rng_state(state: dict, sampler, device) -> None:
+def set_rng_state(state: dict, sampler, device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     sampler.rng.bit_generator.state = json.loads(state["sampler"])
     if device.type == "cuda" and "cuda" in state:

@@ -1,0 +1,59 @@
+"""Differentiable proximity, lane and off-road costs on (predicted) state images.
+
+The same masks as :mod:`traffic_sim.costs` (which the simulator uses on real images), in
+torch, so that a cost's gradient reaches the pixels of a predicted image and through them
+the actions that produced it. The masks are separable (a profile along the road times a
+profile across it); the max over pixels of mask x channel is computed as a max over columns
+then over rows, which gives the same value and the same gradient (to the maximising pixel).
+
+The speed that sets the proximity mask's safe distance comes from the predicted state and is
+detached: the policy must not lower its cost by changing the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from traffic_sim.costs import ACROSS_M, ALONG_M, LANE_HALF, SAFE_MARGIN, SAFE_TIME
+from traffic_sim.raster import LANES_CHANNEL, OFFROAD_CHANNEL, VEHICLES_CHANNEL
+from traffic_sim.roads import LANE_WIDTH
+
+COST_NAMES = ("proximity", "lane", "offroad")
+
+
+def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
+    """1 within ``flat`` of 0, falling linearly to 0 at ``flat + fall`` (tensors broadcast)."""
+    fall = torch.as_tensor(fall, dtype=distance.dtype, device=distance.device).clamp_min(1e-6)
+    return (1.0 - (distance.abs() - flat) / fall).clamp(0.0, 1.0)
+
+
+def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor) -> torch.Tensor:
+    """Costs of cars from their state images.
+
+    images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
+    width [m]. Returns (..., 3): proximity, lane and off-road costs, each in [0, 1].
+    """
+    lead = images.shape[:-3]
+    img = images.reshape(-1, *images.shape[-3:]).float()  # (N, C, H, W)
+    speed = speed.reshape(-1, 1).detach().abs().float()  # (N, 1)
+    size = car_size.reshape(-1, 2).float()
+    along = torch.as_tensor(ALONG_M, dtype=img.dtype, device=img.device)  # (H,) ahead > 0
+    across = torch.as_tensor(ACROSS_M, dtype=img.dtype, device=img.device)  # (W,)
+    half_length, half_width = 0.5 * size[:, :1], 0.5 * size[:, 1:]  # (N, 1)
+    prox_along = _ramp(along[None], half_length, SAFE_TIME * speed + SAFE_MARGIN)  # (N, H)
+    prox_across = _ramp(across[None], half_width, LANE_WIDTH)  # (N, W)
+    lane_along = (along.abs()[None] <= half_length).to(img.dtype)  # (N, H)
+    lane_across = _ramp(across, 0.0, LANE_HALF)  # (W,)
+    vehicles = img[:, VEHICLES_CHANNEL]  # (N, H, W)
+    proximity = ((vehicles * prox_across[:, None, :]).amax(2) * prox_along).amax(1)  # (N,)
+    road = img[:, [LANES_CHANNEL, OFFROAD_CHANNEL]]  # (N, 2, H, W)
+    lane_off = ((road * lane_across).amax(3) * lane_along[:, None]).amax(2)  # (N, 2)
+    return torch.cat([proximity[:, None], lane_off], 1).reshape(*lead, 3)
+
+
+def speed_of(states: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Speed [m/s] (...) of normalised states (..., 4) (x, y, vx, vy)."""
+    mean = torch.as_tensor(stats["state_mean"], dtype=states.dtype, device=states.device)
+    std = torch.as_tensor(stats["state_std"], dtype=states.dtype, device=states.device)
+    velocity = states[..., 2:] * std[2:] + mean[2:]
+    return velocity.norm(dim=-1)

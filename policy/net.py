@@ -1,0 +1,75 @@
+"""The policy network: 20 state images and states -> an action.
+
+    frames (B, 20, 3, 117, 24) --conv x3--> (B, F*h*w) --+
+    states (B, 20, 4)          --MLP------> (B, F*h*w) --+--> 3 FC layers --> action (B, 2)
+
+Its input and output are in the units the forward model works in: normalised states and
+normalised actions (see :mod:`data.dataset`). The states are made relative before they are
+encoded: positions relative to the current one, velocities as they are. The policy sees
+where the car has been and how fast it moves, not where on the road it is (the images show
+the lanes around it), so it cannot learn a road position by heart.
+
+The action is bounded softly, ``bound * tanh(raw / bound)`` in normalised units (default 3
+standard deviations of the expert's actions): an unroll through the forward model must not
+ask it for actions far outside what it was trained on. The last layer starts at zero, so an
+untrained policy outputs the mean expert action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from world_model.model import IMAGE_SHAPE, ConvEncoder, _conv_out
+
+STATE_DIM = 4
+ACTION_DIM = 2
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    n_cond: int = 20  # frames of history [0.1 s each]
+    n_feature: int = 64  # channels of the image encoder's last map
+    n_hidden: int = 256  # width of the 3 fully-connected layers
+    action_bound: float = 3.0  # soft bound of the normalised action
+
+    @staticmethod
+    def from_dict(d: dict) -> "PolicyConfig":
+        return PolicyConfig(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PolicyNet(nn.Module):
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = cfg = config
+        h, w = IMAGE_SHAPE[1:]
+        for _ in range(3):
+            h, w = _conv_out(h), _conv_out(w)
+        n_map = cfg.n_feature * h * w
+        self.encoder = ConvEncoder(cfg.n_cond * IMAGE_SHAPE[0], cfg.n_feature, dropout=0.0)
+        self.state_encoder = nn.Sequential(
+            nn.Linear(cfg.n_cond * STATE_DIM, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(cfg.n_hidden, n_map))
+        self.head = nn.Sequential(
+            nn.LeakyReLU(0.2), nn.Linear(n_map, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(cfg.n_hidden, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(cfg.n_hidden, ACTION_DIM))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """images (B, n_cond, 3, H, W) uint8 or float in [0, 1], states (B, n_cond, 4)
+        normalised -> normalised action (B, 2)."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        b = images.shape[0]
+        relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1)
+        h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
+        raw = self.head(h).float()
+        bound = self.config.action_bound
+        return bound * torch.tanh(raw / bound)
