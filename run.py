@@ -7,6 +7,7 @@ Commands:
   build-dataset  episodes for learning: state images, states, actions, splits, statistics
   train-model    train the forward model (deterministic, or latent-variable warm-started)
   eval-model     per-horizon prediction errors of a forward model against baselines
+  train-policy   train a driving policy through the model (MPUR, VG, SVG, MPER) or by imitation
   evaluate       closed-loop success / collision rates of driving policies
   watch          pygame view of a car driving in replayed traffic (or --record a video)
 
@@ -26,6 +27,7 @@ def _commands():
     from traffic_sim import commands as tc
     from traffic_sim import evaluate as ev
     from traffic_sim import viewer as vw
+    from policy import train as pt
     from world_model import evaluate as we
     from world_model import train as wt
 
@@ -42,6 +44,11 @@ def _commands():
         for path in paths if isinstance(paths, (list, tuple)) else [paths]:
             print(f"wrote {path}")
 
+    def train_policy(cfg):
+        from policy.train import train_policy
+
+        print(f"wrote {train_policy(cfg)}")
+
     def evaluate(cfg):
         table, path = ev.evaluate_command(cfg)
         print(table)
@@ -53,6 +60,7 @@ def _commands():
         "build-dataset": (db.BuildConfig, lambda c: print(f"wrote {db.build_dataset(c)}")),
         "train-model": (wt.TrainConfig, train_model),
         "eval-model": (we.EvalModelConfig, eval_model),
+        "train-policy": (pt.TrainPolicyConfig, train_policy),
         "evaluate": (ev.EvaluateConfig, evaluate),
         "watch": (vw.WatchConfig, lambda c: print(vw.watch_command(c))),
     }

@@ -21,21 +21,26 @@ CSV_COLUMNS = ("policy", "episodes", "success_rate", "collision_rate", "offroad_
 
 
 def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None) -> dict:
-    """Drive the episodes of ``tracks`` with ``policy`` ("human", "no-action" or a callable
-    ``policy(sim, cars) -> (N, 2) actions``), in batches; per-episode outcome arrays."""
+    """Drive the episodes of ``tracks`` with ``policy``, in batches; per-episode outcome
+    arrays. ``policy`` is "human", "no-action" or a callable
+    ``policy(obs_images, states, cars) -> (N, 2) actions`` taking the (N, 3, 117, 24) state
+    images, the (N, 4) states (x, y, vx, vy) and the :class:`~traffic_sim.sim.Cars` (the
+    convention of the viewer); its ``reset(tracks)``, if any, is called at each batch's start."""
     sim = ReplaySimulator(scene)
     tracks = np.asarray(tracks, dtype=np.int64)
     out = {k: [] for k in ("track", "success", "collision", "off_road", "truncated", "distance", "time")}
     for lo in range(0, len(tracks), batch):
         cars = sim.start(tracks[lo:lo + batch])
-        if callable(policy) and hasattr(policy, "reset"):
+        learned = not isinstance(policy, str)
+        if learned and hasattr(policy, "reset"):
             policy.reset(cars.track.copy())
+        obs = sim.observe(cars) if learned else None
         while not cars.done.all():
-            if isinstance(policy, str):
-                actions = builtin_actions(sim, cars, policy)
+            if learned:
+                actions = np.asarray(policy(obs, cars.state_vector(), cars), dtype=float)
             else:
-                actions = np.asarray(policy(sim, cars), dtype=float)
-            sim.step(cars, actions)
+                actions = builtin_actions(sim, cars, policy)
+            obs = sim.step(cars, actions, observe=learned)
         for key, value in (("track", cars.track), ("success", cars.success),
                            ("collision", cars.collision), ("off_road", cars.off_road),
                            ("truncated", cars.truncated), ("distance", cars.distance),
@@ -60,10 +65,11 @@ def summarise(name: str, outcome: dict) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'policy':<12} {'episodes':>8} {'success':>8} {'collision':>9} {'off-road':>8} {'distance [m]':>12} {'time [s]':>8}"
+    w = max([12] + [len(r["policy"]) for r in rows])
+    head = f"{'policy':<{w}} {'episodes':>8} {'success':>8} {'collision':>9} {'off-road':>8} {'distance [m]':>12} {'time [s]':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['policy']:<12} {r['episodes']:>8d} {100 * r['success_rate']:>7.1f}% "
+        lines.append(f"{r['policy']:<{w}} {r['episodes']:>8d} {100 * r['success_rate']:>7.1f}% "
                      f"{100 * r['collision_rate']:>8.1f}% {100 * r['offroad_rate']:>7.1f}% "
                      f"{r['mean_distance_m']:>12.1f} {r['mean_time_s']:>8.1f}")
     return "\n".join(lines)
@@ -81,13 +87,18 @@ def write_csv(rows: list[dict], path: Path) -> None:
 class EvaluateConfig:
     """Closed-loop evaluation of driving policies in the replay simulator."""
 
-    policy: str = doc("policies to evaluate, comma-separated: human, no-action", "human,no-action")
+    policy: str = doc("policies to evaluate, comma-separated: human, no-action, mpc (planning "
+                      "with the forward model) or a policy checkpoint (file or train-policy folder)",
+                      "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")
     episodes: Optional[int] = doc("evaluate a random subset of N episodes of the split", None)
     seed: int = doc("seed of that subset", 0)
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
     location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
-    out: Optional[str] = doc("CSV file of results (default: artifacts/eval/evaluate-SPLIT.csv)", None)
+    out: Optional[str] = doc("CSV file of results (default: artifacts/eval/evaluate-SPLIT.csv); "
+                             "a bar chart is written beside it (.png)", None)
+    model: Optional[str] = doc("forward model for mpc (default: <artifacts>/models/stochastic-default)", None)
+    device: str = doc("device of learned policies: cpu | cuda", "cpu", choices=["cpu", "cuda"])
 
 
 def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]] = None) -> tuple[str, Path]:
@@ -97,8 +108,9 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     names = list(dict.fromkeys(p.strip() for p in cfg.policy.split(",") if p.strip()))
     policies = dict(policies or {})
     for name in names:
-        if name not in BUILTIN_POLICIES and name not in policies:
-            raise UserError(f"unknown policy {name!r}: choose from {', '.join(BUILTIN_POLICIES)}")
+        if name not in BUILTIN_POLICIES and name not in policies and not _learned(name):
+            raise UserError(f"unknown policy {name!r}: choose from {', '.join(BUILTIN_POLICIES)}, "
+                            "mpc or the path of a policy checkpoint")
     if not names:
         raise UserError("--policy names no policy")
     if cfg.episodes is not None and cfg.episodes < 1:
@@ -119,9 +131,55 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     rows = []
     for name in names:
         t0 = time.perf_counter()
-        outcome = run_episodes(scene, tracks, policies.get(name, name))
-        row = summarise(name, outcome)
+        policy, label = policies.get(name, name), name
+        if name not in policies and name not in BUILTIN_POLICIES:
+            from policy.driver import make_driver
+
+            policy = make_driver(name, scene, cfg.device, cfg.model)
+            label = policy.name
+        outcome = run_episodes(scene, tracks, policy)
+        row = summarise(label, outcome)
         rows.append(row)
-        print(f"{name}: {len(tracks)} episodes in {time.perf_counter() - t0:.1f} s")
+        print(f"{label}: {len(tracks)} episodes in {time.perf_counter() - t0:.1f} s")
     write_csv(rows, out)
+    bar_chart(rows, out.with_suffix(".png"), f"{len(tracks)} {cfg.split} episodes")
     return format_table(rows), out
+
+
+def _learned(name: str) -> bool:
+    """mpc or a policy checkpoint: needs the learning packages (torch)."""
+    if name != "mpc" and not Path(name).exists():
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"policy {name!r} needs torch: pip install torch") from None
+    return True
+
+
+def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
+    """Success, collision and off-road rates of each policy, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["policy"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.6))
+    for i, (key, label, colour) in enumerate((("success_rate", "success", "#3a923a"),
+                                              ("collision_rate", "collision", "#c0392b"),
+                                              ("offroad_rate", "off-road", "#7f8c8d"))):
+        values = [100 * r[key] for r in rows]
+        bars = ax.bar(x + (i - 1) * 0.27, values, 0.27, label=label, color=colour)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylabel("% of episodes")
+    ax.set_ylim(0, 110)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,130 @@
+"""Closed-loop driving with a learned policy (or MPC) in the replay simulator.
+
+A :class:`Driver` is the callable that :func:`traffic_sim.evaluate.run_episodes` and the
+viewer take: ``driver(obs_images, states, cars) -> (N, 2) actions`` in SI units, with
+``reset(tracks)`` at each episode's start. It keeps each car's last 20 frames: at the start
+the recorded history before the takeover, then what the simulator shows the car. The
+network works in normalised units (the dataset's statistics, stored in the checkpoint);
+the driver converts in both directions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from data.dataset import denormalise_actions, normalise_states
+
+POLICY_KIND = "ppuu-policy"
+BEST = "best.pt"  # in a training folder: the checkpoint that did best in validation
+
+
+class Driver:
+    """Feeds an ``act(images (N, n, C, H, W) uint8, states (N, n, 4) normalised, car_size
+    (N, 2)) -> normalised actions (N, 2)`` function with the cars' histories."""
+
+    def __init__(self, scene, act: Callable, stats: dict, n_cond: int = 20, device="cpu",
+                 name: str = "policy"):
+        from traffic_sim.sim import ReplaySimulator
+
+        self.sim = ReplaySimulator(scene)
+        self.act = act
+        self.stats = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
+        self.n_cond = n_cond
+        self.device = torch.device(device)
+        self.name = name
+        self.images = self.states = None
+        self.last_normalised = None  # (N, 2) the last normalised actions
+
+    def reset(self, tracks) -> None:
+        tracks = np.asarray(tracks, dtype=np.int64)
+        n = self.n_cond
+        self.images = torch.from_numpy(self.sim.history_images(tracks)[:, -n:]).to(self.device)
+        self.states = torch.from_numpy(
+            normalise_states(self.sim.history_states(tracks)[:, -n:], self.stats)).to(self.device)
+        self._fresh = True
+
+    @torch.no_grad()
+    def __call__(self, obs_images, states, cars) -> np.ndarray:
+        if self.images is None:
+            self.reset(cars.track)
+        if not self._fresh:  # append what the cars see now
+            obs = torch.from_numpy(np.asarray(obs_images)).to(self.device)
+            st = torch.from_numpy(normalise_states(np.asarray(states, dtype=np.float32),
+                                                   self.stats)).to(self.device)
+            self.images = torch.cat([self.images[:, 1:], obs[:, None]], 1)
+            self.states = torch.cat([self.states[:, 1:], st[:, None]], 1)
+        self._fresh = False
+        live = np.flatnonzero(~np.asarray(cars.done))
+        actions = np.zeros((len(cars.done), 2))
+        normalised = np.zeros((len(cars.done), 2), dtype=np.float32)
+        if len(live):
+            idx = torch.from_numpy(live).to(self.device)
+            size = torch.from_numpy(np.stack([cars.length[live], cars.width[live]], 1).astype(np.float32))
+            a = self.act(self.images[idx], self.states[idx], size.to(self.device))
+            normalised[live] = a.float().cpu().numpy()
+            actions[live] = denormalise_actions(normalised[live], self.stats)
+        self.last_normalised = normalised
+        return actions
+
+
+def load_policy(path, device="cpu"):
+    """``(PolicyNet in eval mode, checkpoint dict)`` from a policy checkpoint (file or folder)."""
+    from world_model.train import load_checkpoint
+
+    from .net import PolicyConfig, PolicyNet
+
+    path = Path(path)
+    if path.is_dir() and (path / BEST).is_file():  # a training folder: its best checkpoint
+        path = path / BEST
+    ckpt = load_checkpoint(path, map_location=device, kind=POLICY_KIND, what="policy")
+    net = PolicyNet(PolicyConfig.from_dict(ckpt["policy_config"])).to(device)
+    net.load_state_dict(ckpt["policy"])
+    net.eval()
+    return net, ckpt
+
+
+def policy_driver(path, scene, device="cpu", name: Optional[str] = None) -> Driver:
+    """A driver for the policy checkpoint at ``path``."""
+    net, ckpt = load_policy(path, device)
+
+    def act(images, states, car_size):
+        return net(images, states)
+
+    return Driver(scene, act, ckpt["stats"], net.config.n_cond, device,
+                  name=name or Path(path).stem)
+
+
+def mpc_driver(scene, model_path=None, device="cpu", config=None) -> Driver:
+    """A driver that plans with the forward model at every step (see :mod:`policy.mpc`)."""
+    from world_model.train import CHECKPOINT, load_model
+
+    from traffic_sim.paths import artifacts_dir
+
+    from .mpc import MPC, MPCConfig
+
+    if model_path is None:
+        for kind in ("stochastic", "deterministic"):
+            model_path = artifacts_dir() / "models" / f"{kind}-default" / CHECKPOINT
+            if model_path.is_file():
+                break
+    model, ckpt = load_model(model_path, device)
+    mpc = MPC(model, ckpt["stats"], config or MPCConfig())
+    return Driver(scene, mpc.act, ckpt["stats"], model.config.n_cond, device, name="mpc")
+
+
+def is_learned_policy(name: str) -> bool:
+    """True for ``mpc`` and for an existing policy checkpoint (file or training folder)."""
+    return name == "mpc" or Path(name).exists()
+
+
+def make_driver(name: str, scene, device="cpu", model_path=None) -> Driver:
+    """The driver for ``name``: ``mpc`` or a policy checkpoint path."""
+    if name == "mpc":
+        return mpc_driver(scene, model_path, device)
+    path = Path(name)
+    label = path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "checkpoint") else path.stem)
+    return policy_driver(path, scene, device, name=label)

@@ -1,0 +1,136 @@
+"""Unrolling the forward model under a policy, with costs and the dropout uncertainty.
+
+One function, :func:`rollout`, serves every method that goes through the model: MPUR, VG,
+SVG and MPER (training) and MPC (acting). From real conditioning frames it asks the actor
+for an action, predicts the next frame and state, scores the predicted image with the costs
+of :mod:`policy.costs`, appends the prediction to the history and goes on.
+
+The uncertainty cost (method.md, section 4): with ``k_dropout = K > 1`` every step is
+predicted K times with dropout on and the same z, in one batched pass of K x B samples. The
+variance over the K predictions of the image (mean over pixels), the state (mean over its 4
+components) and the cost (proximity + lane and off-road weights) gives 3 numbers per sample
+and step; each is normalised by its mean and standard deviation measured on expert data
+(:func:`expert_uncertainty_stats`), and the positive part above a hinge (0.5) is the cost.
+The unroll goes on with the mean of the K predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .costs import image_costs, speed_of
+
+U_NAMES = ("image", "state", "cost")  # the variances the uncertainty cost is made of
+
+
+@dataclass(frozen=True)
+class CostWeights:
+    lane: float = 0.2  # lambda_l
+    offroad: float = 1.0  # lambda_o
+    uncertainty: float = 0.5  # lambda_u
+    hinge: float = 0.5  # of the normalised variances
+    gamma: float = 0.99  # discount per step
+
+    def combine(self, costs: torch.Tensor) -> torch.Tensor:
+        """(..., 3) proximity, lane, off-road -> (...) weighted sum."""
+        return costs[..., 0] + self.lane * costs[..., 1] + self.offroad * costs[..., 2]
+
+
+def _repeat(x: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
+    """(B, ...) -> (K*B, ...), the K copies one after the other."""
+    if x is None or k == 1:
+        return x
+    return x.repeat(k, *([1] * (x.dim() - 1)))
+
+
+def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
+            car_size: torch.Tensor, horizon: int, stats: dict, weights: CostWeights,
+            z: Optional[torch.Tensor] = None, k_dropout: int = 1,
+            u_stats: Optional[dict] = None) -> dict:
+    """Unroll ``horizon`` steps.
+
+    model: a ForwardModel (its parameters need no gradient; its train/eval mode is set here:
+    dropout on only when ``k_dropout > 1``). actor(frames (B, n, C, H, W) float, states
+    (B, n, 4), t) -> normalised action (B, 2). images (B, n, C, H, W) uint8 or float,
+    states (B, n, 4) normalised, car_size (B, 2) [m]. z (B, T, n_z) for a stochastic model
+    (default: prior draws). ``u_stats`` (see :func:`expert_uncertainty_stats`) turns the
+    variances into the uncertainty cost; without it only the raw variances are returned.
+
+    Returns a dict of tensors: ``images`` (B, T, C, H, W), ``states`` (B, T, 4), ``actions``
+    (B, T, 2), ``costs`` (B, T, 3) proximity/lane/off-road, and with K > 1 ``variances``
+    (B, T, 3) and, given ``u_stats``, ``uncertainty`` (B, T).
+    """
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    b, n = images.shape[:2]
+    cfg = model.config
+    if cfg.stochastic and z is None:
+        z = model.sample_prior(b * horizon, images.device).view(b, horizon, -1)
+    k = max(int(k_dropout), 1)
+    model.train(k > 1)
+    frames = list(images.unbind(1))
+    size_k = _repeat(car_size, k)
+    out = {"images": [], "states": [], "actions": [], "costs": [], "variances": []}
+    for t in range(horizon):
+        hist = torch.stack(frames[-n:], 1)  # (B, n, C, H, W)
+        action = actor(hist, states, t)  # (B, 2)
+        zt = _repeat(z[:, t], k) if cfg.stochastic else None
+        image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), zt)
+        costs = image_costs(image, speed_of(state, stats), size_k)  # (K*B, 3)
+        if k > 1:
+            image, state, costs = (x.view(k, b, *x.shape[1:]) for x in (image, state, costs))
+            var = torch.stack([image.var(0).flatten(1).mean(1), state.var(0).mean(1),
+                               weights.combine(costs).var(0)], 1)  # (B, 3)
+            out["variances"].append(var)
+            image, state, costs = image.mean(0), state.mean(0), costs.mean(0)
+        out["images"].append(image)
+        out["states"].append(state)
+        out["actions"].append(action)
+        out["costs"].append(costs)
+        frames.append(image)
+        states = torch.cat([states[:, 1:], state[:, None]], 1)
+    result = {key: torch.stack(v, 1) for key, v in out.items() if v}
+    if k > 1 and u_stats is not None:
+        result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)
+    return result
+
+
+def uncertainty_cost(variances: torch.Tensor, u_stats: dict, hinge: float) -> torch.Tensor:
+    """(..., 3) variances -> (...) sum of the positive parts above ``hinge`` of the
+    variances normalised by the expert statistics."""
+    mean = torch.as_tensor(u_stats["mean"], dtype=variances.dtype, device=variances.device)
+    std = torch.as_tensor(u_stats["std"], dtype=variances.dtype, device=variances.device)
+    return F.relu((variances - mean) / std - hinge).sum(-1)
+
+
+def discounted(per_step: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B, T) -> scalar: mean over the batch of sum_t gamma^t x_t / T."""
+    t = per_step.shape[1]
+    w = gamma ** torch.arange(t, dtype=per_step.dtype, device=per_step.device)
+    return (per_step * w).sum(1).mean() / t
+
+
+@torch.no_grad()
+def expert_uncertainty_stats(model, batches, stats: dict, weights: CostWeights, k_dropout: int,
+                             horizon: int) -> dict:
+    """Mean and standard deviation of the 3 variances over unrolls that follow the expert's
+    recorded actions (what the model saw in training): the scale the uncertainty cost
+    measures against. ``batches`` from a WindowSampler with n_pred >= horizon."""
+    n = model.config.n_cond
+    values = []
+    for batch in batches:
+        actions = batch["actions"][:, n - 1:n - 1 + horizon]
+
+        def expert(hist, states, t, actions=actions):
+            return actions[:, t]
+
+        r = rollout(model, expert, batch["images"][:, :n], batch["states"][:, :n],
+                    batch["car_size"], horizon, stats, weights, k_dropout=k_dropout)
+        values.append(r["variances"].reshape(-1, len(U_NAMES)))
+    v = torch.cat(values).double()
+    return {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-12).tolist(),
+            "k_dropout": int(k_dropout), "horizon": int(horizon), "samples": int(len(v))}

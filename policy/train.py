@@ -1,0 +1,407 @@
+"""Training policies through the forward model: ``python run.py train-policy``.
+
+Methods (method.md, section 5):
+
+- ``mpur``: unroll the stochastic model ``horizon`` steps from real starts with prior draws
+  of z and the policy's actions; minimise the discounted proximity + lane + off-road costs
+  plus the uncertainty cost (variance of K dropout samples, see :mod:`policy.rollout`).
+- ``svg`` / ``vg``: the same without the uncertainty cost, on the stochastic /
+  deterministic model.
+- ``mper``: unroll the deterministic model with the policy's actions and match the
+  recorded future (states and images): imitation through the model.
+- ``il``: one-step imitation of the recorded action (no model).
+
+Every ``val_every`` steps the policy drives validation episodes closed loop in the
+simulator (not in the model); the checkpoint that did best there is kept as ``best.pt``
+beside the resumable ``checkpoint.pt``. Checkpoints, the CSV log, the progress bar and
+Ctrl-C / SIGTERM behave as in the model's training.
+
+Presets (see the README for measured times): ``tiny`` for tests; ``default`` for 2 CPU
+cores; ``paper`` is the reference scale (horizon 30, batch 6, K = 10, Adam 1e-4, gradient
+clip 50, 100k updates) for an accelerator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from traffic_sim.cli_util import UserError, doc
+from traffic_sim.paths import artifacts_dir, atomic_output
+from world_model.train import (CHECKPOINT, LOG, MAX_SKIPPED, CsvLog, StopFlag, autocast,
+                               get_rng_state, load_checkpoint, load_model, resolve_precision,
+                               save_checkpoint, set_rng_state)
+
+from .driver import BEST, POLICY_KIND, Driver
+from .net import PolicyConfig, PolicyNet
+from .rollout import CostWeights, discounted, expert_uncertainty_stats, rollout
+
+METHODS = ("mpur", "svg", "vg", "mper", "il")
+METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic",
+                "mper": "deterministic", "il": None}
+CHECKPOINT_VERSION = 1
+LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation",
+              "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
+
+
+@dataclass(frozen=True)
+class PolicyPreset:
+    policy: PolicyConfig
+    horizon: int  # unrolled steps [0.1 s]
+    batch_size: int
+    steps: int  # optimizer steps
+    lr: float
+    grad_clip: float
+    k_dropout: int  # dropout samples of the uncertainty cost
+    weights: CostWeights = field(default_factory=CostWeights)
+    u_stats_batches: int = 8  # expert batches that set the uncertainty scale
+    log_every: int = 25
+    val_every: int = 250
+    val_episodes: int = 100  # closed-loop validation episodes (0: none)
+
+
+PRESETS = {
+    "tiny": PolicyPreset(policy=PolicyConfig(n_cond=4, n_feature=16, n_hidden=64), horizon=4,
+                         batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
+                         u_stats_batches=2, log_every=10, val_every=20, val_episodes=6),
+    "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
+                            batch_size=8, steps=1500, lr=3e-4, grad_clip=50.0, k_dropout=4,
+                            val_every=250, val_episodes=100),
+    "paper": PolicyPreset(policy=PolicyConfig(n_feature=64, n_hidden=256), horizon=30,
+                          batch_size=6, steps=100_000, lr=1e-4, grad_clip=50.0, k_dropout=10,
+                          weights=CostWeights(uncertainty=0.5), u_stats_batches=32,
+                          log_every=100, val_every=5000, val_episodes=200),
+}
+
+
+@dataclass(frozen=True)
+class TrainPolicyConfig:
+    """Train a driving policy through the forward model (or by imitation)."""
+
+    method: str = doc("mpur | svg | vg | mper | il", "mpur", choices=list(METHODS))
+    model: Optional[str] = doc(
+        "forward-model checkpoint (default: <artifacts>/models/stochastic-<preset> for mpur "
+        "and svg, deterministic-<preset> for vg and mper; il needs none)", None)
+    preset: str = doc("tiny (tests) | default (CPU) | paper (reference, accelerator)", "default",
+                      choices=list(PRESETS))
+    device: str = doc("cpu | cuda", "cpu", choices=["cpu", "cuda"])
+    seed: int = doc("random seed (weights, batches, z)", 0)
+    resume: bool = doc("continue from the checkpoint in --out", False)
+    dataset: Optional[str] = doc("dataset folder (default: the model's)", None)
+    out: Optional[str] = doc("output folder (default: <artifacts>/policies/<method>-<preset>-seed<S>)", None)
+    steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
+    lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
+    val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
+    precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
+                         "auto", choices=["auto", "fp32", "bf16"])
+    threads: Optional[int] = doc("CPU threads (default: one per core)", None)
+    quiet: bool = doc("no progress bar", False)
+
+
+def default_out(method: str, preset: str, seed: int) -> Path:
+    return artifacts_dir() / "policies" / f"{method}-{preset}-seed{seed}"
+
+
+def default_model(kind: str, preset: str) -> Path:
+    return artifacts_dir() / "models" / f"{kind}-{preset}" / CHECKPOINT
+
+
+def preset_to_dict(p: PolicyPreset) -> dict:
+    return asdict(p)
+
+
+def preset_from_dict(d: dict) -> PolicyPreset:
+    d = dict(d)
+    d["policy"] = PolicyConfig.from_dict(d["policy"])
+    d["weights"] = CostWeights(**d["weights"])
+    return PolicyPreset(**d)
+
+
+# ---------------------------------------------------------------------- uncertainty scale
+def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_factory,
+                          stats: dict, preset: PolicyPreset, quiet: bool) -> dict:
+    """The expert uncertainty statistics of this model for this K and horizon: read from
+    the file beside the model if it was computed for this model step, else computed on
+    training windows with the recorded actions and written there."""
+    path = model_path.parent / f"uncertainty-k{preset.k_dropout}-h{preset.horizon}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("model_step") == model_step:
+            return saved
+    if not quiet:
+        print(f"measuring the model's uncertainty on expert actions ({preset.u_stats_batches} batches)")
+    sampler = sampler_factory(n_pred=preset.horizon, seed=12345)
+    batches = [sampler.sample() for _ in range(preset.u_stats_batches)]
+    u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon)
+    u["model_step"] = model_step
+    try:
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(u, indent=1) + "\n")
+    except OSError:  # a read-only model folder: the statistics still go into the policy
+        pass
+    return u
+
+
+# ---------------------------------------------------------------------- validation
+class ClosedLoopValidation:
+    """Drives a fixed set of validation episodes of the dataset's traffic in the simulator."""
+
+    def __init__(self, dataset, n_episodes: int, device, quiet: bool):
+        from traffic_sim.loading import load_scene
+
+        sources = dataset.manifest["sources"]
+        locations = dataset.manifest.get("locations") or [None]
+        self.scene = load_scene(sources if len(sources) > 1 else sources[0],
+                                locations[0] if len(set(locations)) == 1 else None, quiet=True)
+        tracks = self.scene.episodes["val"]
+        if len(tracks) > n_episodes:
+            pick = np.random.default_rng(0).choice(len(tracks), n_episodes, replace=False)
+            tracks = tracks[np.sort(pick)]
+        self.tracks = tracks
+        self.device = device
+
+    def __call__(self, net: PolicyNet, stats: dict) -> dict:
+        from traffic_sim.evaluate import run_episodes
+
+        was_training = net.training
+        net.eval()
+
+        def act(images, states, car_size):
+            return net(images, states)
+
+        driver = Driver(self.scene, act, stats, net.config.n_cond, self.device)
+        out = run_episodes(self.scene, self.tracks, driver)
+        net.train(was_training)
+        return {"val_success": float(out["success"].mean()),
+                "val_collision": float(out["collision"].mean()),
+                "val_offroad": float(out["off_road"].mean()),
+                "val_distance": float(out["distance"].mean())}
+
+
+# ---------------------------------------------------------------------- losses
+def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyPreset,
+                stats: dict, u_stats: Optional[dict]) -> tuple:
+    """The method's loss on one batch of windows; (loss, metrics of detached scalars)."""
+    n = net.config.n_cond
+    images, states = batch["images"][:, :n], batch["states"][:, :n]
+    if method == "il":
+        loss = F.mse_loss(net(images, states), batch["actions"][:, n - 1])
+        return loss, {"loss": loss.detach(), "imitation": loss.detach()}
+
+    def actor(hist, st, t):
+        return net(hist, st)
+
+    w = preset.weights
+    k = preset.k_dropout if method == "mpur" else 1
+    r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
+                k_dropout=k, u_stats=u_stats if method == "mpur" else None)
+    costs = r["costs"]  # (B, T, 3)
+    metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
+    if method == "mper":
+        target_images = batch["images"][:, n:n + preset.horizon].float() / 255.0
+        target_states = batch["states"][:, n:n + preset.horizon]
+        loss = F.mse_loss(r["states"], target_states) + F.mse_loss(r["images"], target_images)
+        metrics["imitation"] = loss.detach()
+    else:
+        per_step = w.combine(costs)  # (B, T)
+        if method == "mpur":
+            per_step = per_step + w.uncertainty * r["uncertainty"]
+            metrics["uncertainty"] = r["uncertainty"].mean().detach()
+        loss = discounted(per_step, w.gamma)
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------- training
+def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) -> Path:
+    """Train (or resume) as ``cfg`` says; return the folder holding ``checkpoint.pt``,
+    ``best.pt`` and ``log.csv``. ``preset`` replaces the named preset (tests)."""
+    from data.build import ensure_dataset
+    from data.dataset import Dataset, WindowSampler
+
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r} (have {', '.join(METHODS)})")
+    if preset is None:
+        if cfg.preset not in PRESETS:
+            raise UserError(f"unknown preset {cfg.preset!r} (have {', '.join(PRESETS)})")
+        preset = PRESETS[cfg.preset]
+    for name in ("steps", "val_episodes"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
+    if cfg.lambda_u is not None:
+        preset = dataclasses.replace(preset, weights=dataclasses.replace(preset.weights, uncertainty=cfg.lambda_u))
+    if cfg.val_episodes is not None:
+        preset = dataclasses.replace(preset, val_episodes=cfg.val_episodes)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.method, cfg.preset, cfg.seed)
+    ckpt_path = out / CHECKPOINT
+    resume_ckpt = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out}")
+        resume_ckpt = load_checkpoint(ckpt_path, map_location=device, kind=POLICY_KIND, what="policy")
+        preset = preset_from_dict(resume_ckpt["preset"])
+    elif ckpt_path.is_file():
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+    total_steps = cfg.steps if cfg.steps is not None else preset.steps
+
+    # the forward model
+    kind = METHOD_MODEL[cfg.method]
+    model = model_path = None
+    model_step = None
+    if kind is not None:
+        model_path = Path(resume_ckpt["model_path"]) if resume_ckpt else (
+            Path(cfg.model) if cfg.model else default_model(kind, cfg.preset))
+        if model_path.is_dir():
+            model_path = model_path / CHECKPOINT
+        if not model_path.is_file():
+            raise UserError(f"{model_path}: no forward model; train one first: "
+                            f"python run.py train-model --model {kind} --preset {cfg.preset}")
+        model, mckpt = load_model(model_path, device)
+        if model.config.stochastic != (kind == "stochastic"):
+            raise UserError(f"--method {cfg.method} needs a {kind} model; {model_path} is not one")
+        model.requires_grad_(False)
+        model_step = int(mckpt["step"])
+        default_dataset = mckpt["dataset"]
+    else:
+        default_dataset = None
+    if resume_ckpt is not None:
+        dataset_path = Path(resume_ckpt["dataset"])
+    elif cfg.dataset:
+        dataset_path = Path(cfg.dataset)
+    elif default_dataset:
+        dataset_path = Path(default_dataset)
+    else:
+        dataset_path = ensure_dataset(quiet=cfg.quiet)
+    dataset = Dataset.open(dataset_path)
+    stats = {k: v.tolist() for k, v in dataset.stats.items()}
+    if model is not None and model.config.n_cond != preset.policy.n_cond:
+        # the policy sees the history the model predicts from
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_cond=model.config.n_cond))
+    n_cond = preset.policy.n_cond
+    dtype = resolve_precision(cfg.precision, device)
+
+    def sampler_factory(n_pred: int, seed: int, split: str = "train"):
+        return WindowSampler(dataset, split, n_cond, n_pred, preset.batch_size, seed=seed, device=device)
+
+    torch.manual_seed(cfg.seed)
+    net = PolicyNet(preset.policy).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
+    n_pred = 1 if cfg.method == "il" else preset.horizon
+    sampler = sampler_factory(n_pred, cfg.seed)
+    u_stats = None
+    if cfg.method == "mpur":
+        u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(
+            model, model_path, model_step, sampler_factory, stats, preset, cfg.quiet)
+    validation = None
+    if preset.val_episodes > 0:
+        try:
+            validation = ClosedLoopValidation(dataset, preset.val_episodes, device, cfg.quiet)
+        except ImportError as e:  # a machine without the simulator's packages
+            if not cfg.quiet:
+                print(f"no closed-loop validation ({e}); best.pt is the last checkpoint")
+
+    step, seconds, best = 0, 0.0, None
+    if resume_ckpt is not None:
+        net.load_state_dict(resume_ckpt["policy"])
+        opt.load_state_dict(resume_ckpt["optimizer"])
+        step, seconds, best = int(resume_ckpt["step"]), float(resume_ckpt["seconds"]), resume_ckpt.get("best")
+        set_rng_state(resume_ckpt["rng"], sampler, device)
+
+    def payload(val=None) -> dict:
+        return {
+            "kind": POLICY_KIND, "version": CHECKPOINT_VERSION, "method": cfg.method,
+            "policy_config": preset.policy.to_dict(), "preset": preset_to_dict(preset),
+            "train_config": asdict(cfg), "dataset": str(dataset_path),
+            "model_path": str(model_path) if model_path else None, "model_step": model_step,
+            "stats": stats, "u_stats": u_stats, "step": step, "seconds": seconds, "val": val,
+            "best": best, "policy": net.state_dict(), "optimizer": opt.state_dict(),
+            "rng": get_rng_state(sampler, device),
+        }
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None, fields=LOG_FIELDS)
+    if resume_ckpt is None:
+        save_checkpoint(ckpt_path, payload())
+    bar = None
+    if not cfg.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"train-policy {cfg.method}-{cfg.preset}",
+                   unit="step", dynamic_ncols=True)
+    sums, n_sum, skipped = {}, 0, 0
+    interrupted = False
+    t_last = time.perf_counter()
+    net.train()
+    try:
+        with StopFlag() as stop:
+            while step < total_steps and not stop.stop:
+                batch = sampler.sample()
+                with autocast(device, dtype):
+                    loss, metrics = policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    skipped += 1
+                    if skipped > MAX_SKIPPED:
+                        raise RuntimeError(f"step {step}: the loss has not been finite for "
+                                           f"{skipped} batches; lower the learning rate")
+                    continue
+                skipped = 0
+                opt.step()
+                step += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_sum += 1
+                now = time.perf_counter()
+                seconds += now - t_last
+                t_last = now
+                val = None
+                if step % preset.val_every == 0 or step == total_steps:
+                    val = validation(net, stats) if validation is not None else {}
+                if step % preset.log_every == 0 or val is not None:
+                    row = {"step": step, "seconds": round(seconds, 2)}
+                    row.update({k: v / max(n_sum, 1) for k, v in sums.items() if k in LOG_FIELDS})
+                    row.update(val or {})
+                    log.write(row)
+                    if bar is not None:
+                        post = {"loss": f"{row.get('loss', math.nan):.4g}"}
+                        if val:
+                            post["val_success"] = f"{val['val_success']:.0%}"
+                        bar.set_postfix(**post)
+                    sums, n_sum = {}, 0
+                if val is not None:
+                    score = (val.get("val_success", 0.0), val.get("val_distance", 0.0), step)
+                    if best is None or score[:2] > tuple(best[:2]) or not val:
+                        best = list(score)
+                        save_checkpoint(out / BEST, payload(val))
+                    save_checkpoint(ckpt_path, payload(val))
+                    t_last = time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+            interrupted = stop.stop and step < total_steps
+        if interrupted:
+            save_checkpoint(ckpt_path, payload())
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    if interrupted and not cfg.quiet:
+        print(f"stopped at step {step}: checkpoint saved; continue with --resume")
+    if not (out / BEST).is_file():  # no validation step was reached
+        save_checkpoint(out / BEST, payload())
+    return out
