@@ -38,6 +38,8 @@ class Driver:
         self.name = name
         self.images = self.states = None
         self.last_normalised = None  # (N, 2) the last normalised actions
+        self.last_size = None  # (N, 2) car sizes [m]
+        self.probe = None  # optional: (images, states, actions, car_size) -> uncertainty (N,)
 
     def reset(self, tracks) -> None:
         tracks = np.asarray(tracks, dtype=np.int64)
@@ -58,6 +60,7 @@ class Driver:
             self.images = torch.cat([self.images[:, 1:], obs[:, None]], 1)
             self.states = torch.cat([self.states[:, 1:], st[:, None]], 1)
         self._fresh = False
+        self.last_size = torch.from_numpy(np.stack([cars.length, cars.width], 1).astype(np.float32))
         live = np.flatnonzero(~np.asarray(cars.done))
         actions = np.zeros((len(cars.done), 2))
         normalised = np.zeros((len(cars.done), 2), dtype=np.float32)
@@ -69,6 +72,15 @@ class Driver:
             actions[live] = denormalise_actions(normalised[live], self.stats)
         self.last_normalised = normalised
         return actions
+
+    @torch.no_grad()
+    def uncertainty(self) -> Optional[np.ndarray]:
+        """(N,) the model's uncertainty cost of the last actions taken from the current
+        histories (None without a model to ask)."""
+        if self.probe is None or self.last_normalised is None:
+            return None
+        a = torch.from_numpy(self.last_normalised).to(self.device)
+        return self.probe(self.images, self.states, a, self.last_size.to(self.device)).cpu().numpy()
 
 
 def load_policy(path, device="cpu"):
@@ -94,8 +106,35 @@ def policy_driver(path, scene, device="cpu", name: Optional[str] = None) -> Driv
     def act(images, states, car_size):
         return net(images, states)
 
-    return Driver(scene, act, ckpt["stats"], net.config.n_cond, device,
-                  name=name or Path(path).stem)
+    driver = Driver(scene, act, ckpt["stats"], net.config.n_cond, device,
+                    name=name or Path(path).stem)
+    model_path = ckpt.get("model_path")
+    if model_path and Path(model_path).is_file():
+        driver.probe = uncertainty_probe(model_path, ckpt, device)
+    return driver
+
+
+def uncertainty_probe(model_path, policy_ckpt: dict, device="cpu"):
+    """(images, states, actions, car_size) -> the uncertainty cost of one step, with the
+    K and expert statistics the policy was trained with (or K = 10 and no normalisation:
+    then the summed raw variances)."""
+    from world_model.train import load_model
+
+    from .rollout import CostWeights, rollout, uncertainty_cost
+
+    model, _ = load_model(model_path, device)
+    preset = policy_ckpt.get("preset") or {}
+    weights = CostWeights(**preset["weights"]) if "weights" in preset else CostWeights()
+    u_stats = policy_ckpt.get("u_stats")
+    k = int(u_stats["k_dropout"]) if u_stats else 10
+
+    def probe(images, states, actions, car_size):
+        r = rollout(model, lambda h, s, t: actions, images, states, car_size, 1,
+                    policy_ckpt["stats"], weights, k_dropout=max(k, 2))
+        v = r["variances"][:, 0]
+        return uncertainty_cost(v, u_stats, weights.hinge) if u_stats else v.sum(-1)
+
+    return probe
 
 
 def mpc_driver(scene, model_path=None, device="cpu", config=None) -> Driver:

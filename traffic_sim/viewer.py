@@ -775,7 +775,8 @@ class EnvRenderer:
 class WatchConfig:
     """Watch a car drive in replayed traffic (pygame window, or --record to a file)."""
 
-    policy: str = doc("driver of the blue car: human or no-action", "human")
+    policy: str = doc("driver of the blue car: human, no-action, mpc or a policy checkpoint "
+                      "(file or train-policy folder)", "human")
     split: str = doc("episode split: train, val, test or all", "test")
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
     location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
@@ -785,6 +786,7 @@ class WatchConfig:
     episodes: Optional[int] = doc("number of episodes to show (default: all of the split in a "
                                   "window, 1 when recording)", None)
     seed: int = doc("order of the episodes", 0)
+    model: Optional[str] = doc("forward model for mpc (default: <artifacts>/models/stochastic-default)", None)
 
 
 def state_costs(sim: ReplaySimulator, cars: Cars) -> dict:
@@ -800,8 +802,11 @@ def watch_command(cfg: WatchConfig) -> str:
     from .cli_util import UserError
     from .loading import load_scene
 
-    if cfg.policy not in BUILTIN_POLICIES:
-        raise UserError(f"unknown policy {cfg.policy!r}: choose human or no-action")
+    from .evaluate import _learned
+
+    if cfg.policy not in BUILTIN_POLICIES and not _learned(cfg.policy):
+        raise UserError(f"unknown policy {cfg.policy!r}: choose human, no-action, mpc or the "
+                        "path of a policy checkpoint")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
     if cfg.episodes is not None and cfg.episodes < 1:
@@ -813,8 +818,21 @@ def watch_command(cfg: WatchConfig) -> str:
         raise UserError(f"no episodes in split {cfg.split!r}")
     count = cfg.episodes or (1 if cfg.record is not None else None)
     episodes = np.random.default_rng(cfg.seed).permutation(scene.episodes[cfg.split])[:count]
-    result = watch(scene, policy=cfg.policy, episodes=episodes, record=cfg.record,
-                   max_steps=cfg.max_steps, seed=cfg.seed, costs_fn=state_costs)
+    policy, costs_fn = cfg.policy, state_costs
+    if policy not in BUILTIN_POLICIES:
+        from policy.driver import make_driver
+
+        policy = make_driver(cfg.policy, scene, "cpu", cfg.model)
+
+        def costs_fn(sim, cars, driver=policy):
+            costs = state_costs(sim, cars)
+            u = driver.uncertainty()
+            if u is not None:
+                costs["uncertainty"] = u
+            return costs
+
+    result = watch(scene, policy=policy, episodes=episodes, record=cfg.record,
+                   max_steps=cfg.max_steps, seed=cfg.seed, costs_fn=costs_fn)
     if cfg.record is not None:
         return f"wrote {result}"
     return "\n".join(f"episode {r['episode']}: track {r['track']} {r['status']} after "

@@ -1,0 +1,319 @@
+"""Policy learning: costs with known answers, gradients through the unroll, the uncertainty
+cost, tiny end-to-end training of every method, evaluation and the viewer with a policy."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from policy.costs import image_costs, speed_of
+from policy.net import PolicyConfig, PolicyNet
+from policy.rollout import CostWeights, discounted, rollout
+from traffic_sim import costs as sim_costs
+from traffic_sim.costs import ALONG_M, SAFE_MARGIN, SAFE_TIME
+from traffic_sim.raster import IMAGE_H, IMAGE_W, LANES_CHANNEL, OFFROAD_CHANNEL, VEHICLES_CHANNEL
+from world_model.model import ForwardModel, ModelConfig
+
+TINY = ModelConfig(n_cond=4, n_feature=16, n_hidden=32, n_z=4)
+LENGTH, WIDTH = 4.0, 1.8  # [m] the car of the hand-built images
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def blank():
+    return torch.zeros(1, 3, IMAGE_H, IMAGE_W)
+
+
+def row_at(distance_ahead: float) -> int:
+    """The pixel row whose centre is nearest ``distance_ahead`` metres ahead of the car."""
+    return int(np.argmin(np.abs(ALONG_M - distance_ahead)))
+
+
+def costs_of(img, speed):
+    size = torch.tensor([[LENGTH, WIDTH]])
+    c = image_costs(img, torch.tensor([speed]), size)[0]
+    # the simulator's numpy costs agree on the same image
+    ref = sim_costs.image_costs((img.numpy() * 255).round().astype(np.uint8), [speed], [LENGTH], [WIDTH])
+    np.testing.assert_allclose(c.numpy(), [ref["proximity_cost"][0], ref["lane_cost"][0],
+                                           ref["offroad_cost"][0]], atol=2e-3)
+    return c
+
+
+# ---------------------------------------------------------------------- costs
+def test_empty_road_costs_nothing():
+    assert costs_of(blank(), 10.0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_car_overlapping_costs_one():
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(1.0), IMAGE_W // 2] = 1.0  # inside the car's footprint
+    assert costs_of(img, 10.0)[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("speed", [0.0, 5.0, 12.0])
+def test_car_at_the_safe_distance_costs_nothing_and_half_way_half(speed):
+    safe = SAFE_TIME * speed + SAFE_MARGIN
+    for ahead, expected in ((0.5 * LENGTH + safe + 0.5, 0.0), (0.5 * LENGTH + 0.5 * safe, 0.5)):
+        img = blank()
+        r = row_at(ahead)
+        img[0, VEHICLES_CHANNEL, r, IMAGE_W // 2] = 1.0
+        exact = 1.0 - (abs(ALONG_M[r]) - 0.5 * LENGTH) / safe  # at the pixel's centre
+        assert costs_of(img, speed)[0] == pytest.approx(max(min(exact, 1.0), 0.0), abs=1e-5)
+        assert abs(max(min(exact, 1.0), 0.0) - expected) < 0.5 / 1.64 / safe + 1e-6
+    # behind the car counts the same
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(-(0.5 * LENGTH + 0.5 * safe)), IMAGE_W // 2] = 1.0
+    assert 0.3 < float(costs_of(img, speed)[0]) < 0.7
+
+
+def test_lane_and_offroad_costs():
+    img = blank()
+    img[0, LANES_CHANNEL, :, IMAGE_W // 2] = 1.0  # a marking under the car's centre line
+    assert costs_of(img, 10.0)[1] > 0.7
+    img = blank()
+    img[0, LANES_CHANNEL, :, 0] = 1.0  # the marking two lanes away
+    img[0, OFFROAD_CHANNEL, :, -1] = 1.0
+    assert costs_of(img, 10.0).tolist() == [0.0, 0.0, 0.0]
+    img[0, OFFROAD_CHANNEL, :, IMAGE_W // 2] = 1.0
+    assert costs_of(img, 10.0)[2] > 0.7
+
+
+def test_speed_is_detached_and_read_from_normalised_states():
+    stats = {"state_mean": [0.0, 100.0, 0.0, 10.0], "state_std": [2.0, 50.0, 1.0, 4.0]}
+    states = torch.tensor([[0.0, 0.0, 3.0, 0.0]], requires_grad=True)  # vx = 3, vy = 10 m/s
+    speed = speed_of(states, stats)
+    assert float(speed.detach()) == pytest.approx(np.hypot(3.0, 10.0))
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(6.0), IMAGE_W // 2] = 1.0
+    c = image_costs(img, speed, torch.tensor([[LENGTH, WIDTH]]))
+    assert not c.requires_grad  # the image is a constant; the speed is detached
+
+
+# ---------------------------------------------------------------------- unrolling
+def randomised(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+def start(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (b, TINY.n_cond, 3, IMAGE_H, IMAGE_W), dtype=torch.uint8, generator=g),
+            torch.randn(b, TINY.n_cond, 4, generator=g), torch.tensor([[4.5, 1.9]] * b))
+
+
+STATS = {"state_mean": [0.0, 0.0, 0.0, 10.0], "state_std": [3.0, 100.0, 0.5, 4.0],
+         "action_mean": [0.0, 0.0], "action_std": [1.0, 0.01]}
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_gradients_reach_the_policy_through_a_multi_step_unroll(stochastic):
+    model = randomised(ForwardModel(dataclasses.replace(TINY, stochastic=stochastic))).requires_grad_(False)
+    net = randomised(PolicyNet(PolicyConfig(n_cond=4, n_feature=16, n_hidden=32)), seed=2)
+    images, states, size = start()
+    r = rollout(model, lambda h, s, t: net(h, s), images, states, size, 4, STATS, CostWeights())
+    assert r["images"].shape == (3, 4, 3, IMAGE_H, IMAGE_W) and r["costs"].shape == (3, 4, 3)
+    # only the last step's predicted image: its gradient must cross 3 earlier predictions
+    loss = r["images"][:, -1].mean() + r["states"][:, -1].pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is None for p in model.parameters())  # the model stays fixed
+
+
+def test_uncertainty_pass_is_batched_and_its_mean_drives_the_unroll():
+    model = randomised(ForwardModel(dataclasses.replace(TINY, dropout=0.3))).requires_grad_(False)
+    images, states, size = start(b=2)
+    calls = []
+    orig = model.predict
+
+    def counting(*args, **kw):
+        calls.append(args[0].shape[0])
+        return orig(*args, **kw)
+
+    model.predict = counting
+    u_stats = {"mean": [0.0, 0.0, 0.0], "std": [1e-9, 1e-9, 1e-9]}
+    r = rollout(model, lambda h, s, t: torch.zeros(2, 2), images, states, size, 3, STATS,
+                CostWeights(), k_dropout=5, u_stats=u_stats)
+    assert calls == [10, 10, 10]  # K x B samples in one pass per step, not K unrolls
+    assert r["variances"].shape == (2, 3, 3) and (r["variances"] > 0).all()
+    assert (r["uncertainty"] > 0).all()
+    assert discounted(r["uncertainty"], 0.99).ndim == 0
+
+
+# ---------------------------------------------------------------------- trained tiny models
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small dataset from one minute of generated traffic, and tiny deterministic and
+    stochastic models trained on it, under a private artifacts folder."""
+    from data.build import BuildConfig, build_dataset
+    from traffic_sim.commands import GenerateConfig, generate_command
+    from world_model.train import TrainConfig, train_model
+
+    root = tmp_path_factory.mktemp("policy")
+    traffic = generate_command(GenerateConfig(out=str(root / "traffic"), minutes=1.0, seed=2, quiet=True))
+    dataset = build_dataset(BuildConfig(trajectories=str(traffic), out=str(root / "dataset"),
+                                        max_episodes=80, quiet=True))
+    models = {}
+    for kind in ("deterministic", "stochastic"):
+        out = root / "artifacts" / "models" / f"{kind}-tiny"
+        models[kind] = train_model(TrainConfig(model=kind, preset="tiny", dataset=str(dataset),
+                                               out=str(out), steps=150, quiet=True,
+                                               warm_start=str(models.get("deterministic")) if kind == "stochastic" else None))
+    return {"root": root, "traffic": traffic, "dataset": dataset, **models}
+
+
+def test_uncertainty_is_higher_for_unusual_actions_than_for_the_expert(trained):
+    from data.dataset import Dataset, WindowSampler
+    from world_model.train import load_model
+
+    model, ckpt = load_model(trained["deterministic"])
+    ds = Dataset.open(trained["dataset"])
+    batch = WindowSampler(ds, "train", 4, 3, batch_size=32, seed=5).sample()
+    n = model.config.n_cond
+    images, states, size = batch["images"][:, :n], batch["states"][:, :n], batch["car_size"]
+    expert = batch["actions"][:, n - 1:n + 2]
+    swerve = torch.tensor([-3.0, 3.0]).expand(32, 3, 2)  # hard braking and steering
+    torch.manual_seed(0)
+    var = {}
+    for name, actions in (("expert", expert), ("unusual", swerve)):
+        r = rollout(model, lambda h, s, t, a=actions: a[:, t], images, states, size, 3,
+                    ckpt["stats"], CostWeights(), k_dropout=10)
+        var[name] = r["variances"].mean((0, 1))  # (3,) image, state, cost variances
+    assert var["unusual"][1] > 2 * var["expert"][1], var  # the state prediction
+    assert var["unusual"].sum() > var["expert"].sum(), var
+
+
+@pytest.mark.parametrize("method", ["il", "mper", "vg", "svg", "mpur"])
+def test_every_method_trains_and_keeps_its_best_checkpoint(trained, method, monkeypatch):
+    import csv
+
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+
+    monkeypatch.setenv("PPUU_ARTIFACTS", str(trained["root"] / "artifacts"))
+    out = train_policy(TrainPolicyConfig(method=method, preset="tiny", steps=8, quiet=True,
+                                         dataset=str(trained["dataset"]), val_episodes=3))
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert int(rows[-1]["step"]) == 8 and rows[-1]["val_success"] != ""
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    net, ckpt = load_policy(out)  # best.pt
+    assert ckpt["method"] == method and (out / "checkpoint.pt").is_file()
+    assert (ckpt["model_path"] is None) == (method == "il")
+    if method == "mpur":
+        assert ckpt["u_stats"]["k_dropout"] == 2 and float(rows[-1]["uncertainty"]) >= 0
+        assert list(trained["stochastic"].parent.glob("uncertainty-k2-h4.json"))
+
+
+def test_resume_continues_exactly(trained, tmp_path):
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+
+    common = dict(method="svg", preset="tiny", quiet=True, model=str(trained["stochastic"]),
+                  val_episodes=0)
+    full = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=6, **common))
+    part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=3, **common))
+    train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=6, resume=True, **common))
+    a, _ = load_policy(full / "checkpoint.pt")
+    b, _ = load_policy(part / "checkpoint.pt")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_cli_train_policy_evaluate_and_watch(trained, tmp_path, monkeypatch):
+    import csv
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PPUU_ARTIFACTS=str(trained["root"] / "artifacts"), SDL_VIDEODRIVER="dummy",
+               OMP_NUM_THREADS="1")
+    run = [sys.executable, "run.py"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "p"
+    r = subprocess.run(run + ["train-policy", "--method", "mpur", "--preset", "tiny", "--steps", "4",
+                              "--val-episodes", "2", "--out", str(out), "--quiet"],
+                       cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    csv_path = tmp_path / "eval.csv"
+    r = subprocess.run(run + ["evaluate", "--policy", f"{out},no-action", "--trajectories", str(trained["traffic"]),
+                              "--split", "val", "--episodes", "4", "--out", str(csv_path)],
+                       cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [row["policy"] for row in rows] == ["p", "no-action"]
+    assert all(0.0 <= float(row["success_rate"]) <= 1.0 for row in rows)
+    assert csv_path.with_suffix(".png").stat().st_size > 1000  # the bar chart
+    frames = tmp_path / "frames"
+    r = subprocess.run(run + ["watch", "--policy", str(out), "--trajectories", str(trained["traffic"]),
+                              "--split", "val", "--record", str(frames), "--max-steps", "5"],
+                       cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list(frames.glob("*.png"))) == 5
+    # bad input: one line, status 2
+    r = subprocess.run(run + ["train-policy", "--method", "vg", "--preset", "tiny", "--model", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "vg")],
+                       cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "train-model" in r.stderr
+    r = subprocess.run(run + ["evaluate", "--policy", "nonsense"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown policy" in r.stderr
+
+
+def test_driver_starts_from_the_recorded_history_then_appends_what_it_sees(trained):
+    from policy.driver import Driver
+    from traffic_sim.loading import load_scene
+    from traffic_sim.sim import ReplaySimulator
+
+    scene = load_scene(trained["traffic"])
+    sim = ReplaySimulator(scene)
+    tracks = scene.episodes["all"][:3]
+    seen = []
+
+    def act(images, states, size):
+        seen.append(images.clone())
+        return torch.zeros(len(images), 2)
+
+    stats = {"state_mean": [0, 0, 0, 0], "state_std": [1, 1, 1, 1], "action_mean": [0.5, 0.0],
+             "action_std": [1.0, 1.0]}
+    driver = Driver(scene, act, stats, n_cond=4)
+    cars = sim.start(tracks)
+    driver.reset(cars.track)
+    obs = sim.observe(cars)
+    a = driver(obs, cars.state_vector(), cars)
+    np.testing.assert_allclose(a, [[0.5, 0.0]] * 3)  # normalised 0 = the mean action
+    np.testing.assert_array_equal(seen[0].numpy(), sim.history_images(tracks)[:, -4:])
+    assert np.array_equal(seen[0][:, -1].numpy(), obs)  # the takeover frame is the last of the history
+    obs = sim.step(cars, a, observe=True)
+    driver(obs, cars.state_vector(), cars)
+    np.testing.assert_array_equal(seen[1][:, -1].numpy(), obs)
+    np.testing.assert_array_equal(seen[1][:, :-1].numpy(), seen[0][:, 1:].numpy())
+
+
+def test_mpc_lowers_the_planned_cost(trained):
+    from data.dataset import Dataset, WindowSampler
+    from policy.mpc import MPC, MPCConfig
+    from world_model.train import load_model
+
+    model, ckpt = load_model(trained["deterministic"])
+    ds = Dataset.open(trained["dataset"])
+    batch = WindowSampler(ds, "train", 4, 1, batch_size=8, seed=1).sample()
+    images, states, size = batch["images"][:, :4], batch["states"][:, :4], batch["car_size"]
+
+    def planned_cost(plan):
+        r = rollout(model, lambda h, s, t: plan[:, t], images, states, size, 5, ckpt["stats"], CostWeights())
+        return float(CostWeights().combine(r["costs"]).mean())
+
+    mpc = MPC(model, ckpt["stats"], MPCConfig(horizon=5, iterations=8, lr=0.3))
+    first = mpc.act(images, states, size)
+    assert first.shape == (8, 2) and first.abs().max() <= 3.0
+    assert planned_cost(mpc._plan) <= planned_cost(torch.zeros(8, 5, 2)) + 1e-6
