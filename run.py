@@ -9,6 +9,7 @@ Commands:
   eval-model     per-horizon prediction errors of a forward model against baselines
   train-policy   train a driving policy through the model (MPUR, VG, SVG, MPER) or by imitation
   evaluate       closed-loop success / collision rates of driving policies
+  report         train (or reuse) everything for a preset and compare all methods
   watch          pygame view of a car driving in replayed traffic (or --record a video)
 
 Every command works with no arguments on the embedded synthetic I-80 traffic, which is
@@ -27,6 +28,7 @@ def _commands():
     from traffic_sim import commands as tc
     from traffic_sim import evaluate as ev
     from traffic_sim import viewer as vw
+    from policy import report as pr
     from policy import train as pt
     from world_model import evaluate as we
     from world_model import train as wt
@@ -62,6 +64,7 @@ def _commands():
         "eval-model": (we.EvalModelConfig, eval_model),
         "train-policy": (pt.TrainPolicyConfig, train_policy),
         "evaluate": (ev.EvaluateConfig, evaluate),
+        "report": (pr.ReportConfig, lambda c: print(pr.report_command(c))),
         "watch": (vw.WatchConfig, lambda c: print(vw.watch_command(c))),
     }
 

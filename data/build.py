@@ -99,16 +99,28 @@ def split_episodes(tracks: np.ndarray, n_tracks: int, seed: int) -> dict:
     return {name: np.flatnonzero(split == i) for i, name in enumerate(SPLITS)}
 
 
+ACTION_TAIL = 0.001  # fraction cut from each tail of the actions before their mean and std
+
+
 def train_stats(states: np.ndarray, actions: np.ndarray, start: np.ndarray, train: np.ndarray) -> dict:
     """Mean and std (population) of the states of the train episodes, and of their actions
     except each episode's last (which is 0 by convention, not a real action). A zero std
-    becomes 1 so that normalising never divides by zero."""
+    becomes 1 so that normalising never divides by zero.
+
+    The actions' mean and std are taken after clipping each component to its 0.1% and 99.9%
+    quantiles: steering is a curvature [1/m], ill-defined at walking speed, where a car
+    creeping forward in a jam yields values 10-100x those of a lane change. Those few frames
+    alone would set the steering scale (std 0.44 1/m against 0.015 1/m at the 99th
+    percentile), and a normalised steering of 0.1 would already be a sharp turn."""
     lengths = np.diff(start)[train]
     offset = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     rows = np.repeat(start[train], lengths) + offset
     is_last = offset == np.repeat(lengths - 1, lengths)
     s = states[rows].astype(np.float64)
     a = actions[rows[~is_last]].astype(np.float64)
+    if len(a):
+        lo, hi = np.quantile(a, [ACTION_TAIL, 1.0 - ACTION_TAIL], axis=0)
+        a = np.clip(a, lo, hi)
 
     def std(x):
         sd = x.std(axis=0)

@@ -74,8 +74,8 @@ PRESETS = {
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
                          u_stats_batches=2, log_every=10, val_every=20, val_episodes=6),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
-                            batch_size=8, steps=1500, lr=3e-4, grad_clip=50.0, k_dropout=4,
-                            val_every=250, val_episodes=100),
+                            batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
+                            val_every=200, val_episodes=100),
     "paper": PolicyPreset(policy=PolicyConfig(n_feature=64, n_hidden=256), horizon=30,
                           batch_size=6, steps=100_000, lr=1e-4, grad_clip=50.0, k_dropout=10,
                           weights=CostWeights(uncertainty=0.5), u_stats_batches=32,
@@ -152,16 +152,21 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
 
 
 # ---------------------------------------------------------------------- validation
+def dataset_scene(dataset):
+    """The simulator scene of the traffic a dataset was built from."""
+    from traffic_sim.loading import load_scene
+
+    sources = dataset.manifest["sources"]
+    locations = dataset.manifest.get("locations") or [None]
+    return load_scene(sources if len(sources) > 1 else sources[0],
+                      locations[0] if len(set(locations)) == 1 else None, quiet=True)
+
+
 class ClosedLoopValidation:
     """Drives a fixed set of validation episodes of the dataset's traffic in the simulator."""
 
     def __init__(self, dataset, n_episodes: int, device, quiet: bool):
-        from traffic_sim.loading import load_scene
-
-        sources = dataset.manifest["sources"]
-        locations = dataset.manifest.get("locations") or [None]
-        self.scene = load_scene(sources if len(sources) > 1 else sources[0],
-                                locations[0] if len(set(locations)) == 1 else None, quiet=True)
+        self.scene = dataset_scene(dataset)
         tracks = self.scene.episodes["val"]
         if len(tracks) > n_episodes:
             pick = np.random.default_rng(0).choice(len(tracks), n_episodes, replace=False)

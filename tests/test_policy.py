@@ -317,3 +317,28 @@ def test_mpc_lowers_the_planned_cost(trained):
     first = mpc.act(images, states, size)
     assert first.shape == (8, 2) and first.abs().max() <= 3.0
     assert planned_cost(mpc._plan) <= planned_cost(torch.zeros(8, 5, 2)) + 1e-6
+
+
+def test_report_trains_what_is_missing_and_tabulates_seeds(trained, tmp_path, monkeypatch):
+    import csv
+
+    from policy.report import ReportConfig, report_command
+
+    monkeypatch.setenv("PPUU_ARTIFACTS", str(trained["root"] / "artifacts"))
+    cfg = ReportConfig(preset="tiny", methods="il,svg", seeds="5,6", split="val", episodes=3,
+                       dataset=str(trained["dataset"]), model_steps=150, policy_steps=4,
+                       out=str(tmp_path / "report"), quiet=True)
+    text = report_command(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("human", ""), ("no-action", ""), ("il", "5"), ("il", "6"), ("svg", "5"), ("svg", "6")]
+    assert rows[0]["success_rate"] == "1"  # the recorded drivers
+    summary = list(csv.DictReader(open(tmp_path / "report" / "summary.csv")))
+    assert [r["method"] for r in summary] == ["human", "no-action", "il", "svg"]
+    il = [float(r["success_rate"]) for r in rows if r["method"] == "il"]
+    assert float(summary[2]["success_rate"]) == pytest.approx(np.mean(il), abs=1e-5)
+    assert "| svg |" in text and "forward model: stochastic" in text
+    assert (tmp_path / "report" / "report.png").is_file()
+    # a second run reuses everything: no training stage takes time
+    again = report_command(cfg)
+    assert "policy: il, seed 5" in again

@@ -157,23 +157,25 @@ def _learned(name: str) -> bool:
     return True
 
 
-def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
-    """Success, collision and off-road rates of each policy, side by side."""
+def bar_chart(rows: list[dict], path: Path, title: str, label_key: str = "policy") -> Path:
+    """Success, collision and off-road rates of each row side by side; a row's
+    ``<rate>_std``, if present, is drawn as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["policy"] for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.6))
     for i, (key, label, colour) in enumerate((("success_rate", "success", "#3a923a"),
                                               ("collision_rate", "collision", "#c0392b"),
                                               ("offroad_rate", "off-road", "#7f8c8d"))):
         values = [100 * r[key] for r in rows]
-        bars = ax.bar(x + (i - 1) * 0.27, values, 0.27, label=label, color=colour)
+        errors = [100 * r.get(key + "_std", 0.0) for r in rows]
+        bars = ax.bar(x + (i - 1) * 0.27, values, 0.27, yerr=errors if any(errors) else None,
+                      capsize=2, label=label, color=colour)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_xticks(x, [str(r[label_key]) for r in rows], rotation=20, ha="right")
     ax.set_ylabel("% of episodes")
     ax.set_ylim(0, 110)
     ax.set_title(title)
