@@ -342,3 +342,23 @@ def test_report_trains_what_is_missing_and_tabulates_seeds(trained, tmp_path, mo
     # a second run reuses everything: no training stage takes time
     again = report_command(cfg)
     assert "policy: il, seed 5" in again
+
+
+def test_evaluate_seeds_expands_a_pattern_and_adds_the_mean(trained, tmp_path, monkeypatch):
+    import csv
+
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.evaluate import EvaluateConfig, evaluate_command
+
+    for seed in (1, 2):
+        train_policy(TrainPolicyConfig(method="il", preset="tiny", steps=2, seed=seed, quiet=True, val_episodes=0,
+                                       dataset=str(trained["dataset"]), out=str(tmp_path / f"il-s{seed}")))
+    out = tmp_path / "e.csv"
+    table, _ = evaluate_command(EvaluateConfig(policy=f"{tmp_path}/il-s{{seed}},no-action", seeds="1,2",
+                                               trajectories=str(trained["traffic"]), split="val",
+                                               episodes=3, out=str(out)))
+    rows = list(csv.DictReader(open(out)))
+    assert [r["policy"] for r in rows] == ["il-s1", "il-s2", "no-action", "il-s* (mean of 2)"]
+    mean = np.mean([float(rows[0]["success_rate"]), float(rows[1]["success_rate"])])
+    assert float(rows[3]["success_rate"]) == pytest.approx(mean, abs=1e-5)
+    assert "mean of 2" in table

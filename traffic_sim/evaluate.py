@@ -64,6 +64,17 @@ def summarise(name: str, outcome: dict) -> dict:
     }
 
 
+def mean_row(name: str, rows: list[dict]) -> dict:
+    """The mean of several rows (seeds of one method), with the std of each rate."""
+    out = {"policy": f"{name} (mean of {len(rows)})", "episodes": rows[0]["episodes"]}
+    for key in CSV_COLUMNS[2:]:
+        v = np.array([r[key] for r in rows], dtype=float)
+        out[key] = float(v.mean())
+        if key.endswith("_rate"):
+            out[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     w = max([12] + [len(r["policy"]) for r in rows])
     head = f"{'policy':<{w}} {'episodes':>8} {'success':>8} {'collision':>9} {'off-road':>8} {'distance [m]':>12} {'time [s]':>8}"
@@ -71,13 +82,15 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['policy']:<{w}} {r['episodes']:>8d} {100 * r['success_rate']:>7.1f}% "
                      f"{100 * r['collision_rate']:>8.1f}% {100 * r['offroad_rate']:>7.1f}% "
-                     f"{r['mean_distance_m']:>12.1f} {r['mean_time_s']:>8.1f}")
+                     f"{r['mean_distance_m']:>12.1f} {r['mean_time_s']:>8.1f}"
+                     + (f"   (success std {100 * r['success_rate_std']:.1f})" if "success_rate_std" in r else ""))
     return "\n".join(lines)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in CSV_COLUMNS]
+        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS) + extra, restval="")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -92,6 +105,8 @@ class EvaluateConfig:
                       "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")
     episodes: Optional[int] = doc("evaluate a random subset of N episodes of the split", None)
+    seeds: Optional[str] = doc("training seeds, comma-separated: a policy path containing {seed} "
+                               "is evaluated once per seed, and their mean and std are added", None)
     seed: int = doc("seed of that subset", 0)
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
     location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
@@ -106,6 +121,22 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     from .loading import load_scene
 
     names = list(dict.fromkeys(p.strip() for p in cfg.policy.split(",") if p.strip()))
+    groups = {}  # pattern -> the names it expands into
+    if cfg.seeds is not None:
+        try:
+            seeds = [int(x) for x in cfg.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--seeds must be integers, got {cfg.seeds!r}") from None
+        if not seeds or not any("{seed}" in n for n in names):
+            raise UserError("--seeds needs seeds and a --policy path containing {seed}")
+        expanded = []
+        for name in names:
+            if "{seed}" in name:
+                groups[name] = [name.replace("{seed}", str(s)) for s in seeds]
+                expanded += groups[name]
+            else:
+                expanded.append(name)
+        names = expanded
     policies = dict(policies or {})
     for name in names:
         if name not in BUILTIN_POLICIES and name not in policies and not _learned(name):
@@ -141,6 +172,10 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
         row = summarise(label, outcome)
         rows.append(row)
         print(f"{label}: {len(tracks)} episodes in {time.perf_counter() - t0:.1f} s")
+    labels = dict(zip(names, [r["policy"] for r in rows]))
+    for pattern, members in groups.items():
+        mine = [r for r in rows if r["policy"] in {labels[m] for m in members}]
+        rows.append(mean_row(Path(pattern).name.replace("{seed}", "*"), mine))
     write_csv(rows, out)
     bar_chart(rows, out.with_suffix(".png"), f"{len(tracks)} {cfg.split} episodes")
     return format_table(rows), out
