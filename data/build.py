@@ -230,7 +230,7 @@ def build_dataset(cfg: BuildConfig) -> Path:
         seconds = time.perf_counter() - t0
         manifest = {
             "version": FORMAT_VERSION,
-            "sources": [str(p) for p in paths],
+            "sources": [str(p.resolve()) for p in paths],
             "locations": [scene.location],
             "n_episodes": n_ep,
             "n_frames": n,

@@ -330,8 +330,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         return {
             "kind": POLICY_KIND, "version": CHECKPOINT_VERSION, "method": cfg.method,
             "policy_config": preset.policy.to_dict(), "preset": preset_to_dict(preset),
-            "train_config": asdict(cfg), "dataset": str(dataset_path),
-            "model_path": str(model_path) if model_path else None, "model_step": model_step,
+            "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
+            "model_path": str(model_path.resolve()) if model_path else None, "model_step": model_step,
             "stats": stats, "u_stats": u_stats, "step": step, "seconds": seconds, "val": val,
             "best": best, "policy": net.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(sampler, device),

@@ -333,7 +333,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         save_checkpoint(ckpt_path, {
             "kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
             "model_config": model_cfg.to_dict(), "preset": preset_to_dict(preset),
-            "train_config": asdict(cfg), "dataset": str(dataset_path),
+            "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "stats": {k: v.tolist() for k, v in dataset.stats.items()},
             "warm_start": warm_from, "step": step, "seconds": seconds, "val": val,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
