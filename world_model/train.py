@@ -17,8 +17,8 @@ see ``benchmarks/bench_model.py`` and the README):
 
 - ``tiny``: 0.1 M parameters, 4 + 4 frames, 1000 steps in about a minute; tests and CI.
 - ``default``: the model for policy learning on CPU: 64 features (1.2 M parameters, 1.7 M
-  stochastic), 20 + 10 frames, batch 32; 4000 deterministic steps (~30 min on 2 cores), then
-  2000 stochastic ones (~18 min). Its width was chosen by measuring the validation error of
+  stochastic), 20 + 10 frames, batch 32; 4000 deterministic steps (27.3 min measured on 2
+  cores), then 2000 stochastic ones (16.0 min). Its width was chosen by measuring the validation error of
   3 widths against their cost; see :data:`WIDTH_TRADE_OFF`.
 - ``paper``: the reference scale (256 features, batch 64, 20 + 20 frames, n_z 32, Adam 1e-4,
   gradient clip 5, 200k steps), for an accelerator (bf16 autocast on cuda).
