@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir, atomic_output
-from world_model.train import (CHECKPOINT, LOG, MAX_SKIPPED, CsvLog, StopFlag, autocast,
+from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, StopFlag, autocast,
                                get_rng_state, load_checkpoint, load_model, resolve_precision,
                                save_checkpoint, set_rng_state)
 
@@ -347,7 +347,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
         bar = tqdm(total=total_steps, initial=step, desc=f"train-policy {cfg.method}-{cfg.preset}",
                    unit="step", dynamic_ncols=True)
-    sums, n_sum, skipped = {}, 0, 0
+    sums, n_sum = {}, 0
+    update = GuardedStep(opt, net.parameters(), preset.grad_clip)
     interrupted = False
     t_last = time.perf_counter()
     net.train()
@@ -357,17 +358,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
                 batch = sampler.sample()
                 with autocast(device, dtype):
                     loss, metrics = policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    skipped += 1
-                    if skipped > MAX_SKIPPED:
-                        raise RuntimeError(f"step {step}: the loss has not been finite for "
-                                           f"{skipped} batches; lower the learning rate")
+                if not update(loss, step):
                     continue
-                skipped = 0
-                opt.step()
                 step += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)

@@ -279,3 +279,18 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     cv = [float(r["pos_err_m"]) for r in rows if r["method"] == "constant velocity"]
     still = [float(r["pos_err_m"]) for r in rows if r["method"] == "last frame"]
     assert cv[0] < 0.05 and still[0] > 0.2
+
+
+def test_non_finite_batches_are_skipped_and_a_run_of_them_stops_training():
+    from world_model.train import MAX_SKIPPED, GuardedStep
+
+    w = torch.nn.Parameter(torch.ones(3))
+    update = GuardedStep(torch.optim.SGD([w], lr=0.1), [w], grad_clip=5.0)
+    assert update((w * float("nan")).sum(), step=0) is False
+    assert torch.equal(w.detach(), torch.ones(3))  # nothing applied
+    assert update((w * 2).sum(), step=0) is True and update.skipped == 0
+    assert torch.allclose(w.detach(), torch.full((3,), 0.8))
+    for _ in range(MAX_SKIPPED):
+        update((w * float("inf")).sum(), step=1)
+    with pytest.raises(RuntimeError, match="not been finite"):
+        update((w * float("inf")).sum(), step=1)

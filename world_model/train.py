@@ -219,6 +219,33 @@ class StopFlag:
         return False
 
 
+class GuardedStep:
+    """One optimizer update with gradient clipping. A batch whose loss or gradient is not
+    finite (a rare bf16 overflow) is skipped, as a loss scaler would; more than
+    ``MAX_SKIPPED`` in a row means the training diverged, and it stops with an error."""
+
+    def __init__(self, opt: torch.optim.Optimizer, params, grad_clip: float):
+        self.opt = opt
+        self.params = list(params)
+        self.grad_clip = grad_clip
+        self.skipped = 0
+
+    def __call__(self, loss: torch.Tensor, step: int) -> bool:
+        """Backward and update; False when the batch was skipped."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            self.skipped += 1
+            if self.skipped > MAX_SKIPPED:
+                raise RuntimeError(f"step {step}: the loss has not been finite for "
+                                   f"{self.skipped} batches; lower the learning rate")
+            return False
+        self.skipped = 0
+        self.opt.step()
+        return True
+
+
 class CsvLog:
     FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "val_loss", "val_image_mse",
               "val_state_mse", "seconds"]
@@ -351,7 +378,8 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}-{cfg.preset}",
                    unit="step", dynamic_ncols=True)
     interrupted = False
-    sums, n_sum, skipped = {}, 0, 0
+    sums, n_sum = {}, 0
+    update = GuardedStep(opt, model.parameters(), preset.grad_clip)
     t_last = time.perf_counter()
     model.train()
     try:
@@ -360,19 +388,8 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
                 batch = train_sampler.sample()
                 with autocast(device, dtype):
                     loss, metrics = model(batch["images"], batch["states"], batch["actions"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    # a rare overflow (bf16) skips the update, as a loss scaler would;
-                    # a run of them means the training diverged
-                    skipped += 1
-                    if skipped > MAX_SKIPPED:
-                        raise RuntimeError(f"step {step}: the loss has not been finite for "
-                                           f"{skipped} batches; lower the learning rate")
+                if not update(loss, step):
                     continue
-                skipped = 0
-                opt.step()
                 step += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
