@@ -276,7 +276,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             raise UserError(f"{model_path}: no forward model; train one first: "
                             f"python run.py train-model --model {kind} --preset {cfg.preset}")
         model, mckpt = load_model(model_path, device)
-        if model.config.stochastic != (kind == "stochastic"):
+        if model.config.stochastic != (kind == "stochastic") and not (cfg.method == "mpur" and cfg.model):
+            # (MPUR on a deterministic model is the paper's "MPUR deterministic": asked for by --model)
             raise UserError(f"--method {cfg.method} needs a {kind} model; {model_path} is not one")
         model.requires_grad_(False)
         model_step = int(mckpt["step"])

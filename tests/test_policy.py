@@ -362,3 +362,17 @@ def test_evaluate_seeds_expands_a_pattern_and_adds_the_mean(trained, tmp_path, m
     mean = np.mean([float(rows[0]["success_rate"]), float(rows[1]["success_rate"])])
     assert float(rows[3]["success_rate"]) == pytest.approx(mean, abs=1e-5)
     assert "mean of 2" in table
+
+
+def test_mpur_on_a_deterministic_model_when_asked_for(trained, tmp_path):
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+
+    out = train_policy(TrainPolicyConfig(method="mpur", preset="tiny", steps=3, quiet=True, val_episodes=0,
+                                         model=str(trained["deterministic"]), out=str(tmp_path / "m")))
+    _, ckpt = load_policy(out)
+    assert ckpt["method"] == "mpur" and ckpt["model_path"].endswith("checkpoint.pt")
+    assert "deterministic" in ckpt["model_path"] and ckpt["u_stats"]["samples"] > 0
+    with pytest.raises(ValueError, match="needs a stochastic model"):  # svg keeps its model kind
+        train_policy(TrainPolicyConfig(method="svg", preset="tiny", steps=1, quiet=True, val_episodes=0,
+                                       model=str(trained["deterministic"]), out=str(tmp_path / "s")))
