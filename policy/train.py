@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -37,9 +36,9 @@ import torch.nn.functional as F
 
 from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir, atomic_output
-from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, StopFlag, autocast,
+from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, Progress, autocast,
                                get_rng_state, load_checkpoint, load_model, resolve_precision,
-                               save_checkpoint, set_rng_state)
+                               run_training, save_checkpoint, set_rng_state)
 
 from .driver import BEST, POLICY_KIND, Driver
 from .net import PolicyConfig, PolicyNet
@@ -320,11 +319,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             if not cfg.quiet:
                 print(f"no closed-loop validation ({e}); best.pt is the last checkpoint")
 
-    step, seconds, best = 0, 0.0, None
+    progress, best = Progress(), None
     if resume_ckpt is not None:
         net.load_state_dict(resume_ckpt["policy"])
         opt.load_state_dict(resume_ckpt["optimizer"])
-        step, seconds, best = int(resume_ckpt["step"]), float(resume_ckpt["seconds"]), resume_ckpt.get("best")
+        progress = Progress(int(resume_ckpt["step"]), float(resume_ckpt["seconds"]))
+        best = resume_ckpt.get("best")
         set_rng_state(resume_ckpt["rng"], sampler, device)
 
     def payload(val=None) -> dict:
@@ -333,65 +333,52 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             "policy_config": preset.policy.to_dict(), "preset": preset_to_dict(preset),
             "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "model_path": str(model_path.resolve()) if model_path else None, "model_step": model_step,
-            "stats": stats, "u_stats": u_stats, "step": step, "seconds": seconds, "val": val,
+            "stats": stats, "u_stats": u_stats, "step": progress.step, "seconds": progress.seconds, "val": val,
             "best": best, "policy": net.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(sampler, device),
         }
 
     out.mkdir(parents=True, exist_ok=True)
-    log = CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None, fields=LOG_FIELDS)
+    log = CsvLog(out / LOG, resume_step=progress.step if resume_ckpt is not None else None, fields=LOG_FIELDS)
     if resume_ckpt is None:
         save_checkpoint(ckpt_path, payload())
     bar = None
     if not cfg.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc=f"train-policy {cfg.method}-{cfg.preset}",
+        bar = tqdm(total=total_steps, initial=progress.step, desc=f"train-policy {cfg.method}-{cfg.preset}",
                    unit="step", dynamic_ncols=True)
-    sums, n_sum = {}, 0
-    update = GuardedStep(opt, net.parameters(), preset.grad_clip)
-    interrupted = False
-    t_last = time.perf_counter()
+    def compute_loss():
+        batch = sampler.sample()
+        with autocast(device, dtype):
+            return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
+
+    def on_log(means: dict, val: Optional[dict]) -> None:
+        row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
+        row.update({k: v for k, v in means.items() if k in LOG_FIELDS})
+        row.update(val or {})
+        log.write(row)
+        if bar is not None:
+            post = {"loss": f"{row.get('loss', math.nan):.4g}"}
+            if val:
+                post["val_success"] = f"{val['val_success']:.0%}"
+            bar.set_postfix(**post)
+
+    def on_validated(val: dict) -> None:
+        nonlocal best
+        score = (val.get("val_success", 0.0), val.get("val_distance", 0.0), progress.step)
+        if best is None or score[:2] > tuple(best[:2]) or not val:
+            best = list(score)
+            save_checkpoint(out / BEST, payload(val))
+        save_checkpoint(ckpt_path, payload(val))
+
     net.train()
     try:
-        with StopFlag() as stop:
-            while step < total_steps and not stop.stop:
-                batch = sampler.sample()
-                with autocast(device, dtype):
-                    loss, metrics = policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
-                if not update(loss, step):
-                    continue
-                step += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_sum += 1
-                now = time.perf_counter()
-                seconds += now - t_last
-                t_last = now
-                val = None
-                if step % preset.val_every == 0 or step == total_steps:
-                    val = validation(net, stats) if validation is not None else {}
-                if step % preset.log_every == 0 or val is not None:
-                    row = {"step": step, "seconds": round(seconds, 2)}
-                    row.update({k: v / max(n_sum, 1) for k, v in sums.items() if k in LOG_FIELDS})
-                    row.update(val or {})
-                    log.write(row)
-                    if bar is not None:
-                        post = {"loss": f"{row.get('loss', math.nan):.4g}"}
-                        if val:
-                            post["val_success"] = f"{val['val_success']:.0%}"
-                        bar.set_postfix(**post)
-                    sums, n_sum = {}, 0
-                if val is not None:
-                    score = (val.get("val_success", 0.0), val.get("val_distance", 0.0), step)
-                    if best is None or score[:2] > tuple(best[:2]) or not val:
-                        best = list(score)
-                        save_checkpoint(out / BEST, payload(val))
-                    save_checkpoint(ckpt_path, payload(val))
-                    t_last = time.perf_counter()
-                if bar is not None:
-                    bar.update(1)
-            interrupted = stop.stop and step < total_steps
+        interrupted = run_training(
+            progress, total_steps, compute_loss, GuardedStep(opt, net.parameters(), preset.grad_clip),
+            val_every=preset.val_every, log_every=preset.log_every,
+            validate=lambda: validation(net, stats) if validation is not None else {},
+            on_log=on_log, on_validated=on_validated, bar=bar)
         if interrupted:
             save_checkpoint(ckpt_path, payload())
     finally:
@@ -399,7 +386,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             bar.close()
         log.close()
     if interrupted and not cfg.quiet:
-        print(f"stopped at step {step}: checkpoint saved; continue with --resume")
+        print(f"stopped at step {progress.step}: checkpoint saved; continue with --resume")
     if not (out / BEST).is_file():  # no validation step was reached
         save_checkpoint(out / BEST, payload())
     return out

@@ -246,6 +246,49 @@ class GuardedStep:
         return True
 
 
+@dataclass
+class Progress:
+    """Where a training run is: optimizer steps taken and seconds spent training."""
+
+    step: int = 0
+    seconds: float = 0.0
+
+
+def run_training(progress: Progress, total_steps: int, compute_loss, update: GuardedStep, *,
+                 val_every: int, log_every: int, validate, on_log, on_validated, bar=None) -> bool:
+    """The loop shared by model and policy training. ``compute_loss() -> (loss, metrics)``
+    draws a batch; ``update`` applies it (skipping non-finite batches). Metrics are averaged
+    between log rows and handed to ``on_log(means, val)``; every ``val_every`` steps and at
+    the end ``validate()`` runs and ``on_validated(val)`` (checkpoints) follows; only training
+    counts as time. Ctrl-C or SIGTERM stops after the current step. Returns True when stopped
+    before ``total_steps``."""
+    sums, n_sum = {}, 0
+    t_last = time.perf_counter()
+    with StopFlag() as stop:
+        while progress.step < total_steps and not stop.stop:
+            loss, metrics = compute_loss()
+            if not update(loss, progress.step):
+                continue
+            progress.step += 1
+            step = progress.step
+            for k, v in metrics.items():  # detached tensors: no device sync per step
+                sums[k] = sums.get(k, 0.0) + v
+            n_sum += 1
+            now = time.perf_counter()
+            progress.seconds += now - t_last
+            t_last = now
+            val = validate() if step % val_every == 0 or step == total_steps else None
+            if step % log_every == 0 or val is not None:
+                on_log({k: float(v) / n_sum for k, v in sums.items()}, val)
+                sums, n_sum = {}, 0
+            if val is not None:
+                on_validated(val)
+                t_last = time.perf_counter()  # validation and checkpoints are not training
+            if bar is not None:
+                bar.update(1)
+        return stop.stop and progress.step < total_steps
+
+
 class CsvLog:
     FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "val_loss", "val_image_mse",
               "val_state_mse", "seconds"]
@@ -346,11 +389,11 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
                                 preset.batch_size, seed=0, device=device)
     val_batches = val_sampler.fixed_batches(preset.val_batches, seed=0)
 
-    step, seconds, warm_from = 0, 0.0, None
+    progress, warm_from = Progress(), None
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         opt.load_state_dict(resume_ckpt["optimizer"])
-        step, seconds = int(resume_ckpt["step"]), float(resume_ckpt["seconds"])
+        progress = Progress(int(resume_ckpt["step"]), float(resume_ckpt["seconds"]))
         warm_from = resume_ckpt.get("warm_start")
         set_rng_state(resume_ckpt["rng"], train_sampler, device)
     elif model_cfg.stochastic:
@@ -362,63 +405,45 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
             "model_config": model_cfg.to_dict(), "preset": preset_to_dict(preset),
             "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "stats": {k: v.tolist() for k, v in dataset.stats.items()},
-            "warm_start": warm_from, "step": step, "seconds": seconds, "val": val,
+            "warm_start": warm_from, "step": progress.step, "seconds": progress.seconds, "val": val,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(train_sampler, device),
         })
 
     out.mkdir(parents=True, exist_ok=True)
-    log = CsvLog(out / LOG, resume_step=step if resume_ckpt is not None else None)
+    log = CsvLog(out / LOG, resume_step=progress.step if resume_ckpt is not None else None)
     if resume_ckpt is None:
         checkpoint()  # step 0: --resume works from the very start
     bar = None
     if not cfg.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}-{cfg.preset}",
+        bar = tqdm(total=total_steps, initial=progress.step, desc=f"train {cfg.model}-{cfg.preset}",
                    unit="step", dynamic_ncols=True)
-    interrupted = False
-    sums, n_sum = {}, 0
-    update = GuardedStep(opt, model.parameters(), preset.grad_clip)
-    t_last = time.perf_counter()
+
+    def compute_loss():
+        batch = train_sampler.sample()
+        with autocast(device, dtype):
+            return model(batch["images"], batch["states"], batch["actions"])
+
+    def on_log(means: dict, val: Optional[dict]) -> None:
+        row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
+        row.update({k: v for k, v in means.items() if k in CsvLog.FIELDS})
+        if val is not None:
+            row.update({f"val_{k}": v for k, v in val.items() if f"val_{k}" in CsvLog.FIELDS})
+        log.write(row)
+        if not math.isfinite(row["loss"]):
+            raise RuntimeError(f"step {progress.step}: the loss is {row['loss']}; lower the learning rate")
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.4g}", **({"val": f"{val['loss']:.4g}"} if val else {}))
+
     model.train()
     try:
-        with StopFlag() as stop:
-            while step < total_steps and not stop.stop:
-                batch = train_sampler.sample()
-                with autocast(device, dtype):
-                    loss, metrics = model(batch["images"], batch["states"], batch["actions"])
-                if not update(loss, step):
-                    continue
-                step += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_sum += 1
-                now = time.perf_counter()
-                seconds += now - t_last
-                t_last = now
-                val = None
-                if step % preset.val_every == 0 or step == total_steps:
-                    val = validate(model, val_batches, device, dtype)
-                if step % preset.log_every == 0 or val is not None:
-                    row = {"step": step, "seconds": round(seconds, 2)}
-                    row.update({k: float(v) / n_sum for k, v in sums.items() if k in CsvLog.FIELDS})
-                    if val is not None:
-                        row.update({f"val_{k}": v for k, v in val.items() if f"val_{k}" in CsvLog.FIELDS})
-                    log.write(row)
-                    if not math.isfinite(row["loss"]):
-                        raise RuntimeError(f"step {step}: the loss is {row['loss']}; "
-                                           "lower the learning rate")
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.4g}",
-                                        **({"val": f"{val['loss']:.4g}"} if val else {}))
-                    sums, n_sum = {}, 0
-                if val is not None:
-                    checkpoint(val)
-                    t_last = time.perf_counter()  # checkpoints and validation are not training
-                if bar is not None:
-                    bar.update(1)
-            interrupted = stop.stop and step < total_steps
+        interrupted = run_training(
+            progress, total_steps, compute_loss, GuardedStep(opt, model.parameters(), preset.grad_clip),
+            val_every=preset.val_every, log_every=preset.log_every,
+            validate=lambda: validate(model, val_batches, device, dtype), on_log=on_log,
+            on_validated=checkpoint, bar=bar)
         if interrupted:
             checkpoint()
     finally:
@@ -426,7 +451,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
             bar.close()
         log.close()
     if interrupted and not cfg.quiet:
-        print(f"stopped at step {step}: checkpoint saved; continue with --resume")
+        print(f"stopped at step {progress.step}: checkpoint saved; continue with --resume")
     return ckpt_path
 
 
