@@ -164,27 +164,24 @@ def dataset_scene(dataset):
 class ClosedLoopValidation:
     """Drives a fixed set of validation episodes of the dataset's traffic in the simulator."""
 
-    def __init__(self, dataset, n_episodes: int, device, quiet: bool):
+    def __init__(self, dataset, n_episodes: int, net: PolicyNet, stats: dict, device):
         self.scene = dataset_scene(dataset)
         tracks = self.scene.episodes["val"]
         if len(tracks) > n_episodes:
             pick = np.random.default_rng(0).choice(len(tracks), n_episodes, replace=False)
             tracks = tracks[np.sort(pick)]
         self.tracks = tracks
-        self.device = device
+        self.net = net
+        self.driver = Driver(self.scene, lambda images, states, car_size: net(images, states),
+                             stats, net.config.n_cond, device)
 
-    def __call__(self, net: PolicyNet, stats: dict) -> dict:
+    def __call__(self) -> dict:
         from traffic_sim.evaluate import run_episodes
 
-        was_training = net.training
-        net.eval()
-
-        def act(images, states, car_size):
-            return net(images, states)
-
-        driver = Driver(self.scene, act, stats, net.config.n_cond, self.device)
-        out = run_episodes(self.scene, self.tracks, driver)
-        net.train(was_training)
+        was_training = self.net.training
+        self.net.eval()
+        out = run_episodes(self.scene, self.tracks, self.driver)
+        self.net.train(was_training)
         return {"val_success": float(out["success"].mean()),
                 "val_collision": float(out["collision"].mean()),
                 "val_offroad": float(out["off_road"].mean()),
@@ -314,7 +311,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     validation = None
     if preset.val_episodes > 0:
         try:
-            validation = ClosedLoopValidation(dataset, preset.val_episodes, device, cfg.quiet)
+            validation = ClosedLoopValidation(dataset, preset.val_episodes, net, stats, device)
         except ImportError as e:  # a machine without the simulator's packages
             if not cfg.quiet:
                 print(f"no closed-loop validation ({e}); best.pt is the last checkpoint")
@@ -342,27 +339,21 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     log = CsvLog(out / LOG, resume_step=progress.step if resume_ckpt is not None else None, fields=LOG_FIELDS)
     if resume_ckpt is None:
         save_checkpoint(ckpt_path, payload())
-    bar = None
-    if not cfg.quiet:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=progress.step, desc=f"train-policy {cfg.method}-{cfg.preset}",
-                   unit="step", dynamic_ncols=True)
     def compute_loss():
         batch = sampler.sample()
         with autocast(device, dtype):
             return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
 
-    def on_log(means: dict, val: Optional[dict]) -> None:
+    def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
         row.update({k: v for k, v in means.items() if k in LOG_FIELDS})
         row.update(val or {})
         log.write(row)
-        if bar is not None:
-            post = {"loss": f"{row.get('loss', math.nan):.4g}"}
-            if val:
-                post["val_success"] = f"{val['val_success']:.0%}"
-            bar.set_postfix(**post)
+        post = {"loss": f"{row.get('loss', math.nan):.4g}"}
+        if val:
+            post["val_success"] = f"{val['val_success']:.0%}"
+        return post
 
     def on_validated(val: dict) -> None:
         nonlocal best
@@ -377,13 +368,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         interrupted = run_training(
             progress, total_steps, compute_loss, GuardedStep(opt, net.parameters(), preset.grad_clip),
             val_every=preset.val_every, log_every=preset.log_every,
-            validate=lambda: validation(net, stats) if validation is not None else {},
-            on_log=on_log, on_validated=on_validated, bar=bar)
+            validate=validation if validation is not None else dict,
+            on_log=on_log, on_validated=on_validated,
+            desc=f"train-policy {cfg.method}-{cfg.preset}", quiet=cfg.quiet)
         if interrupted:
             save_checkpoint(ckpt_path, payload())
     finally:
-        if bar is not None:
-            bar.close()
         log.close()
     if interrupted and not cfg.quiet:
         print(f"stopped at step {progress.step}: checkpoint saved; continue with --resume")

@@ -255,13 +255,29 @@ class Progress:
 
 
 def run_training(progress: Progress, total_steps: int, compute_loss, update: GuardedStep, *,
-                 val_every: int, log_every: int, validate, on_log, on_validated, bar=None) -> bool:
+                 val_every: int, log_every: int, validate, on_log, on_validated,
+                 desc: str, quiet: bool) -> bool:
     """The loop shared by model and policy training. ``compute_loss() -> (loss, metrics)``
     draws a batch; ``update`` applies it (skipping non-finite batches). Metrics are averaged
-    between log rows and handed to ``on_log(means, val)``; every ``val_every`` steps and at
-    the end ``validate()`` runs and ``on_validated(val)`` (checkpoints) follows; only training
-    counts as time. Ctrl-C or SIGTERM stops after the current step. Returns True when stopped
-    before ``total_steps``."""
+    between log rows and handed to ``on_log(means, val)``, which returns what the progress
+    bar shows; every ``val_every`` steps and at the end ``validate()`` runs and
+    ``on_validated(val)`` (checkpoints) follows; only training counts as time. Ctrl-C or
+    SIGTERM stops after the current step. Returns True when stopped before ``total_steps``."""
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=progress.step, desc=desc, unit="step", dynamic_ncols=True)
+    try:
+        return _training_steps(progress, total_steps, compute_loss, update, val_every, log_every,
+                               validate, on_log, on_validated, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _training_steps(progress, total_steps, compute_loss, update, val_every, log_every, validate,
+                    on_log, on_validated, bar) -> bool:
     sums, n_sum = {}, 0
     t_last = time.perf_counter()
     with StopFlag() as stop:
@@ -279,7 +295,9 @@ def run_training(progress: Progress, total_steps: int, compute_loss, update: Gua
             t_last = now
             val = validate() if step % val_every == 0 or step == total_steps else None
             if step % log_every == 0 or val is not None:
-                on_log({k: float(v) / n_sum for k, v in sums.items()}, val)
+                postfix = on_log({k: float(v) / n_sum for k, v in sums.items()}, val)
+                if bar is not None:
+                    bar.set_postfix(**postfix)
                 sums, n_sum = {}, 0
             if val is not None:
                 on_validated(val)
@@ -414,19 +432,13 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
     log = CsvLog(out / LOG, resume_step=progress.step if resume_ckpt is not None else None)
     if resume_ckpt is None:
         checkpoint()  # step 0: --resume works from the very start
-    bar = None
-    if not cfg.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=progress.step, desc=f"train {cfg.model}-{cfg.preset}",
-                   unit="step", dynamic_ncols=True)
 
     def compute_loss():
         batch = train_sampler.sample()
         with autocast(device, dtype):
             return model(batch["images"], batch["states"], batch["actions"])
 
-    def on_log(means: dict, val: Optional[dict]) -> None:
+    def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
         row.update({k: v for k, v in means.items() if k in CsvLog.FIELDS})
         if val is not None:
@@ -434,8 +446,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         log.write(row)
         if not math.isfinite(row["loss"]):
             raise RuntimeError(f"step {progress.step}: the loss is {row['loss']}; lower the learning rate")
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.4g}", **({"val": f"{val['loss']:.4g}"} if val else {}))
+        return {"loss": f"{row['loss']:.4g}", **({"val": f"{val['loss']:.4g}"} if val else {})}
 
     model.train()
     try:
@@ -443,12 +454,10 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
             progress, total_steps, compute_loss, GuardedStep(opt, model.parameters(), preset.grad_clip),
             val_every=preset.val_every, log_every=preset.log_every,
             validate=lambda: validate(model, val_batches, device, dtype), on_log=on_log,
-            on_validated=checkpoint, bar=bar)
+            on_validated=checkpoint, desc=f"train {cfg.model}-{cfg.preset}", quiet=cfg.quiet)
         if interrupted:
             checkpoint()
     finally:
-        if bar is not None:
-            bar.close()
         log.close()
     if interrupted and not cfg.quiet:
         print(f"stopped at step {progress.step}: checkpoint saved; continue with --resume")
