@@ -9,7 +9,7 @@ and actions: the data pipeline is not measured), backward, gradient clipping and
 step. Predicted frames per second = batch * n_pred / seconds per iteration.
 
 Configurations: ``reference`` is the paper's scale (batch 64, 20 + 20 frames, 256 features,
-n_z 32, the stochastic model), ``default``, ``tiny`` and ``paper`` are the training presets
+n_z 32, the stochastic model, without the ego-motion warp, as the original), ``default``, ``tiny`` and ``paper`` are the training presets
 of ``world_model/train.py`` (``paper`` has the reference architecture and batch). The
 original PPUU implementation of the reference model, measured on the 2-core development
 machine with torch 2.13: 14.6 s per iteration, 87 predicted frames/s, 15.6 M parameters.
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from world_model.model import IMAGE_SHAPE, ForwardModel, ModelConfig  # noqa: E402
 from world_model.train import PRESETS, Preset, autocast, cpu_has_fast_bf16  # noqa: E402
 
-REFERENCE = Preset(model=ModelConfig(stochastic=True), n_pred=20, batch_size=64, steps=0,
+REFERENCE = Preset(model=ModelConfig(stochastic=True, ego_warp=False), n_pred=20, batch_size=64, steps=0,
                    lr=1e-4, grad_clip=5.0, val_every=1, val_batches=1, log_every=1)
 ORIGINAL = {"seconds_per_iter": 14.6, "frames_per_s": 87.0, "params_m": 15.6}
 
