@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from world_model.model import IMAGE_SHAPE, ConvEncoder, _conv_out
+from world_model.model import IMAGE_SHAPE, ConvEncoder, conv_out
 
 STATE_DIM = 4
 ACTION_DIM = 2
@@ -49,7 +49,7 @@ class PolicyNet(nn.Module):
         self.config = cfg = config
         h, w = IMAGE_SHAPE[1:]
         for _ in range(3):
-            h, w = _conv_out(h), _conv_out(w)
+            h, w = conv_out(h), conv_out(w)
         n_map = cfg.n_feature * h * w
         self.encoder = ConvEncoder(cfg.n_cond * IMAGE_SHAPE[0], cfg.n_feature, dropout=0.0)
         self.state_encoder = nn.Sequential(
