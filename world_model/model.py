@@ -141,11 +141,16 @@ def translate(images: torch.Tensor, shift: torch.Tensor, zero_channels=(VEHICLES
     cols = torch.arange(-1, w, device=images.device).view(1, 1, w + 1) - k[:, 1:, None]  # (N, 1, W+1)
     index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, -1)  # (N, 1, (H+1)(W+1))
     out = images.flatten(2).gather(2, index.expand(n, c, -1)).view(n, c, h + 1, w + 1)
-    if zero_channels:
-        rows_in = ((rows >= 0) & (rows < h)).to(out.dtype)  # (N, H+1, 1)
-        cols_in = ((cols >= 0) & (cols < w)).to(out.dtype)  # (N, 1, W+1)
-        for ch in zero_channels:
-            out[:, ch].mul_(rows_in).mul_(cols_in)
+    rows_in = ((rows >= 0) & (rows < h)).to(out.dtype)  # (N, H+1, 1)
+    cols_in = ((cols >= 0) & (cols < w)).to(out.dtype)  # (N, 1, W+1)
+    if out.requires_grad:
+        # a repeated edge pixel passes no gradient back: with it, k pixels repeating one edge
+        # multiplied that pixel's gradient by k at every step of an unroll, and training
+        # diverged within a few hundred steps
+        inside = (rows_in * cols_in)[:, None]  # (N, 1, H+1, W+1)
+        out = out * inside + out.detach() * (1.0 - inside)
+    for ch in zero_channels:
+        out[:, ch].mul_(rows_in).mul_(cols_in)
     # the fraction: out[r] = (1 - f) src[r - k] + f src[r - k - 1], and likewise across
     out = torch.lerp(out[:, :, 1:], out[:, :, :-1], f[:, 0].view(n, 1, 1, 1))  # (N, C, H, W+1)
     return torch.lerp(out[..., 1:], out[..., :-1], f[:, 1].view(n, 1, 1, 1))
@@ -201,6 +206,7 @@ def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float) -> nn.Sequential:
 
 
 LOGVAR_LIMIT = 8.0  # bound on |log variance| of the posterior
+ACTION_LIMIT = 10.0  # bound on |normalised action| seen by the model [expert std]
 
 
 class ForwardModel(nn.Module):
@@ -319,6 +325,9 @@ class ForwardModel(nn.Module):
         and next state (B, 4). ``shift`` (B, 2) [px]: the image's move with the car (default:
         from the predicted displacement; training passes the true one)."""
         b = h.shape[0]
+        # recorded actions include curvature outliers of cars at walking speed (hundreds of
+        # standard deviations); beyond ACTION_LIMIT nothing is learned from them
+        action = action.clamp(-ACTION_LIMIT, ACTION_LIMIT)
         h = h + self.action_encoder(action).view(b, *self.map_shape)
         if z is not None:
             h = h + self.z_proj(z).view(b, *self.map_shape)
