@@ -195,7 +195,11 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     n = net.config.n_cond
     images, states = batch["images"][:, :n], batch["states"][:, :n]
     if method == "il":
-        loss = F.mse_loss(net(images, states), batch["actions"][:, n - 1])
+        # targets within the policy's own bound: the recorded actions include curvature
+        # outliers (a car creeping at walking speed) hundreds of standard deviations out,
+        # which would otherwise dominate the squared error
+        bound = net.config.action_bound
+        loss = F.mse_loss(net(images, states), batch["actions"][:, n - 1].clamp(-bound, bound))
         return loss, {"loss": loss.detach(), "imitation": loss.detach()}
 
     def actor(hist, st, t):
