@@ -49,9 +49,10 @@ Choices where the method leaves room (see docs/method.md, section 3):
   encoder; with ``ego_warp`` seen from the current position) to the hidden map of the past
   and sees the true next state; it does not encode the 20 past frames a second time;
 - the residual block is a 3x3 bottleneck (F -> F/2 -> F) on the 14 x 3 map;
-- the predicted image is the last frame plus a decoded residual, clamped to [0, 1] with a
-  straight-through gradient; the last layers of both heads start at zero, so an untrained
-  model predicts "nothing changes" (the last frame and state) rather than noise;
+- the predicted image is the last frame plus a decoded residual, clamped to [0, 1], with a
+  straight-through gradient in the training loss only (see :meth:`ForwardModel.decode`);
+  the last layers of both heads start at zero, so an untrained model predicts "nothing
+  changes" (the last frame and state, moved with the car) rather than noise;
 - the state head predicts the change of the (normalised) velocity; the position moves on by
   velocity x dt. A state's velocity is the forward difference of its position (see
   data/__init__.py), so this step is exact, not a modelling assumption. A head that had to
@@ -320,10 +321,18 @@ class ForwardModel(nn.Module):
         return mu, logvar
 
     def decode(self, h: torch.Tensor, last_image: torch.Tensor, last_state: torch.Tensor,
-               action: torch.Tensor, z: Optional[torch.Tensor], shift: Optional[torch.Tensor] = None):
+               action: torch.Tensor, z: Optional[torch.Tensor], shift: Optional[torch.Tensor] = None,
+               straight_through: bool = False):
         """map (B, F, h, w) + action (B, 2) + z (B, n_z) -> next image (B, C, H, W) in [0, 1]
         and next state (B, 4). ``shift`` (B, 2) [px]: the image's move with the car (default:
-        from the predicted displacement; training passes the true one)."""
+        from the predicted displacement; training passes the true one).
+
+        ``straight_through``: the clamp of the image to [0, 1] passes gradients as if it were
+        not there. The training loss uses it (a pixel pushed out of range is never stuck);
+        prediction for a policy does not: there the gradient must be the true one. Measured
+        on the default model, the straight-through gradient of a 2 s unroll's cost with
+        respect to the actions was 250x too large and pointed uphill (a step against it
+        raised the cost), while the true gradient agrees with finite differences."""
         b = h.shape[0]
         # recorded actions include curvature outliers of cars at walking speed (hundreds of
         # standard deviations); beyond ACTION_LIMIT nothing is learned from them
@@ -332,7 +341,8 @@ class ForwardModel(nn.Module):
         if z is not None:
             h = h + self.z_proj(z).view(b, *self.map_shape)
         h = h + self.residual(h)
-        image = clamp_st(last_image + self.image_decoder(h).float())  # (B, C, H, W)
+        image = last_image + self.image_decoder(h).float()  # (B, C, H, W)
+        image = clamp_st(image) if straight_through else image.clamp(0.0, 1.0)
         state = self.advance(last_state, self.state_head(h.reshape(b, -1)).float())  # (B, 4)
         if self.config.ego_warp:  # the image was predicted where the car is: move on with it
             image = translate(image, self.ego_shift(last_state, state) if shift is None else shift)
@@ -431,7 +441,8 @@ class ForwardModel(nn.Module):
                     z = torch.where(use_prior, torch.randn_like(z), z)
                     prior_used = prior_used + use_prior.float().mean()
             shift = self.ego_shift(states[:, t - 1], target_state) if cfg.ego_warp else None
-            last, state = self.decode(h, last, past[:, -1], actions[:, t - 1], z, shift)
+            last, state = self.decode(h, last, past[:, -1], actions[:, t - 1], z, shift,
+                                      straight_through=True)
             image_mse = image_mse + F.mse_loss(last, target_image)
             state_mse = state_mse + F.mse_loss(state, target_state)
             frames.append(last.to(hist))
