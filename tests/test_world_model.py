@@ -162,8 +162,18 @@ def test_prediction_changes_with_the_action_only():
     i1b, s1b = model.predict(cond_i, cond_s, a)
     i2, s2 = model.predict(cond_i, cond_s, a + torch.tensor([1.0, -1.0]))
     assert torch.equal(i1, i1b) and torch.equal(s1, s1b)  # eval mode: deterministic
+    assert (s1 - s2).abs().max() > 1e-4  # the action changes the next velocity...
+    # ...which moves the car, and its image, from the step after (the position moves on by
+    # the current velocity, which the action does not change)
+    assert torch.equal(i1, i2)
+    actions = torch.zeros(3, 2, 2)
+    images, _ = model.unroll(cond_i, cond_s, actions)
+    images2, _ = model.unroll(cond_i, cond_s, actions + torch.tensor([1.0, -1.0]))
+    assert (images[:, 1] - images2[:, 1]).abs().max() > 1e-4
+    plain = randomised(ForwardModel(dataclasses.replace(TINY, ego_warp=False))).eval()
+    i1, _ = plain.predict(cond_i, cond_s, a)  # without the warp: through the decoder at once
+    i2, _ = plain.predict(cond_i, cond_s, a + torch.tensor([1.0, -1.0]))
     assert (i1 - i2).abs().max() > 1e-4
-    assert (s1 - s2).abs().max() > 1e-4
 
 
 def test_unroll_any_horizon_feeds_predictions_back():

@@ -29,6 +29,14 @@ brake or accelerate (2.3 px instead of ~5.5 px after 2 s), so a policy trained t
 no gradient to keep its distance; with it, an action changes the predicted images exactly as
 much as the car's displacement changes.
 
+With ``ego_warp`` the image pathway is also blind to the car itself: the residual that moves
+the other vehicles is decoded from the (moved) frames and z only, not from the car's states
+or action, which only the state head reads. In expert driving the car's speed is close to
+its neighbours', and a decoder that could read it learned "the others move with me": made to
+accelerate, the predicted car ahead accelerated too (half the relative shift that geometry
+gives), and a policy trained through that model accelerated into the car ahead. The replayed
+traffic a policy is evaluated in does not react to it either.
+
 The stochastic model adds a posterior network that also sees the true next frame and state
 and returns (mu, logvar) of z. Training draws z from the posterior; prediction without a
 target draws it from the N(0, I) prior. With probability ``z_dropout`` (per sample and step)
@@ -240,6 +248,12 @@ class ForwardModel(nn.Module):
             nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(cfg.dropout),
             nn.Conv2d(cfg.n_feature // 2, cfg.n_feature, 3, 1, 1),
         )
+        if cfg.ego_warp:  # the image pathway's own block (see the module docstring)
+            self.image_residual = nn.Sequential(
+                nn.Conv2d(cfg.n_feature, cfg.n_feature // 2, 3, 1, 1),
+                nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(cfg.dropout),
+                nn.Conv2d(cfg.n_feature // 2, cfg.n_feature, 3, 1, 1),
+            )
         # heads: next image (residual over the last frame) and change of the state
         self.image_decoder = ImageDecoder(cfg.n_feature, sizes[-1], sizes[0], cfg.dropout)
         self.state_head = mlp(n_map, cfg.n_hidden, STATE_DIM // 2, cfg.dropout)  # change of velocity
@@ -283,7 +297,8 @@ class ForwardModel(nn.Module):
 
     def encode(self, frames: torch.Tensor, states: torch.Tensor,
                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """frames (B, n_cond, C, H, W) in [0, 1], states (B, n_cond, 4) -> map (B, F, h, w).
+        """frames (B, n_cond, C, H, W) in [0, 1], states (B, n_cond, 4) -> the maps (B, F,
+        h, w) of the frames and of the states, a pair (what :meth:`decode` takes).
         ``positions`` (B, n_cond, 4): the states whose positions place the frames (default:
         ``states``; training passes the true ones, see :meth:`forward`).
 
@@ -301,7 +316,7 @@ class ForwardModel(nn.Module):
                 past = translate(frames[:, :-1].flatten(0, 1), shift.flatten(0, 1))  # (B*(n-1), C, H, W)
             frames = torch.cat([past.view(b, n - 1, *frames.shape[2:]), frames[:, -1:]], 1)
         h = self.frame_encoder(frames.flatten(1, 2))  # (B, F, h, w)
-        return h + self.state_encoder(states.reshape(b, -1)).view(b, *self.map_shape)
+        return h, self.state_encoder(states.reshape(b, -1)).view(b, *self.map_shape)
 
     def posterior_params(self, h: torch.Tensor, next_image: torch.Tensor,
                          next_state: torch.Tensor, last_state: torch.Tensor):
@@ -309,10 +324,10 @@ class ForwardModel(nn.Module):
         (B, 4), current state (B, 4) -> mu, logvar (B, n_z) of q(z | ...). With ``ego_warp``
         the next image is seen from the current position: z has the others' motion to explain,
         not the car's own."""
-        b = h.shape[0]
+        b = h[0].shape[0]
         if self.config.ego_warp:
             next_image = translate(next_image, self.ego_shift(next_state, last_state))
-        hy = h + self.target_encoder(next_image)  # (B, F, h, w)
+        hy = h[0] + h[1] + self.target_encoder(next_image)  # (B, F, h, w)
         out = self.posterior(torch.cat([hy.reshape(b, -1), next_state], 1))  # (B, 2*n_z)
         mu, logvar = out.float().chunk(2, dim=1)
         # soft limit: with beta ~1e-6 the KL hardly bounds logvar, and exp() of a drifting
@@ -333,15 +348,20 @@ class ForwardModel(nn.Module):
         on the default model, the straight-through gradient of a 2 s unroll's cost with
         respect to the actions was 250x too large and pointed uphill (a step against it
         raised the cost), while the true gradient agrees with finite differences."""
-        b = h.shape[0]
+        h_frames, h_states = h
+        b = h_frames.shape[0]
         # recorded actions include curvature outliers of cars at walking speed (hundreds of
         # standard deviations); beyond ACTION_LIMIT nothing is learned from them
         action = action.clamp(-ACTION_LIMIT, ACTION_LIMIT)
-        h = h + self.action_encoder(action).view(b, *self.map_shape)
-        if z is not None:
-            h = h + self.z_proj(z).view(b, *self.map_shape)
+        z_map = 0.0 if z is None else self.z_proj(z).view(b, *self.map_shape)
+        h = h_frames + h_states + self.action_encoder(action).view(b, *self.map_shape) + z_map
         h = h + self.residual(h)
-        image = last_image + self.image_decoder(h).float()  # (B, C, H, W)
+        if self.config.ego_warp:  # the others' motion, from the frames (and z) alone
+            h_image = h_frames + z_map
+            h_image = h_image + self.image_residual(h_image)
+        else:
+            h_image = h
+        image = last_image + self.image_decoder(h_image).float()  # (B, C, H, W)
         image = clamp_st(image) if straight_through else image.clamp(0.0, 1.0)
         state = self.advance(last_state, self.state_head(h.reshape(b, -1)).float())  # (B, 4)
         if self.config.ego_warp:  # the image was predicted where the car is: move on with it
