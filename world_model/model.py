@@ -304,16 +304,19 @@ class ForwardModel(nn.Module):
 
         With ``ego_warp`` every past frame is first moved into the view from the car's
         current position, so the road stands still and the others move at their own speed.
-        The moved frames are inputs without gradient: moving n_cond frames with a gradient at
-        every step doubled the cost of a training step on a CPU, and the gradients that matter
-        still flow (through the last frame, the base of the next prediction, and through the
-        states: a policy's action moves the predicted image via the car's displacement)."""
+        The past frames pass no gradient to their pixels (moving n_cond frames with that
+        gradient at every step doubled the cost of a training step on a CPU); they pass one to
+        the car's current position, through the shift. Without that one the gradient saw the
+        current frame move against a history that stood still, and said that accelerating
+        brings the car ahead no closer."""
         b, n = frames.shape[:2]
         if self.config.ego_warp and n > 1:
-            with torch.no_grad():
-                where = states if positions is None else positions
-                shift = self.ego_shift(where[:, :-1], where[:, -1:])  # (B, n-1, 2)
-                past = translate(frames[:, :-1].flatten(0, 1), shift.flatten(0, 1))  # (B*(n-1), C, H, W)
+            where = states if positions is None else positions
+            # Frame k seen from now is the world as it was then, moved by where the car is
+            # now: it depends on the current position only (the car's earlier positions
+            # cancel out), and that is the one gradient it passes on.
+            shift = self.ego_shift(where[:, :-1].detach(), where[:, -1:])  # (B, n-1, 2)
+            past = translate(frames[:, :-1].detach().flatten(0, 1), shift.flatten(0, 1))  # (B*(n-1), C, H, W)
             frames = torch.cat([past.view(b, n - 1, *frames.shape[2:]), frames[:, -1:]], 1)
         h = self.frame_encoder(frames.flatten(1, 2))  # (B, F, h, w)
         return h, self.state_encoder(states.reshape(b, -1)).view(b, *self.map_shape)
