@@ -16,10 +16,11 @@ Presets (measured on a 2-core machine, an AMD EPYC with native bf16;
 see ``benchmarks/bench_model.py`` and the README):
 
 - ``tiny``: 0.1 M parameters, 4 + 4 frames, 1000 steps in about a minute; tests and CI.
-- ``default``: the model for policy learning on CPU: 64 features (1.2 M parameters, 1.7 M
-  stochastic), 20 + 10 frames, batch 32; 4000 deterministic steps (27.3 min measured on 2
-  cores), then 2000 stochastic ones (16.0 min). Its width was chosen by measuring the validation error of
-  3 widths against their cost; see :data:`WIDTH_TRADE_OFF`.
+- ``default``: the model for policy learning on CPU: 64 features (1.3 M parameters, 1.8 M
+  stochastic), 20 + 10 frames, batch 32; 2000 deterministic steps (19.2 min measured on 2
+  cores with the ego-motion warp, 0.58 s per step), then 2000 stochastic ones. Its width
+  was chosen by measuring the validation error of 3 widths against their cost; see
+  :data:`WIDTH_TRADE_OFF`.
 - ``paper``: the reference scale (256 features, batch 64, 20 + 20 frames, n_z 32, Adam 1e-4,
   gradient clip 5, 200k steps), for an accelerator (bf16 autocast on cuda).
 """
@@ -73,7 +74,7 @@ PRESETS = {
         val_every=250, val_batches=2, log_every=25),
     "default": Preset(
         model=ModelConfig(n_cond=20, n_feature=64, n_hidden=128, n_z=32),
-        n_pred=10, batch_size=32, steps=4000, lr=5e-4, grad_clip=5.0,
+        n_pred=10, batch_size=32, steps=2000, lr=5e-4, grad_clip=5.0,
         val_every=500, val_batches=8, log_every=50, steps_stochastic=2000),
     "paper": Preset(
         model=ModelConfig(n_cond=20, n_feature=256, n_hidden=256, n_z=32),
