@@ -100,6 +100,11 @@ def test_translate_known_answers():
     shift = torch.tensor([[0.3, 0.2]], requires_grad=True)
     translate(img, shift)[0, 1, 3, 1].backward()  # the pixel the lit one moves into
     assert shift.grad[0, 0] > 0  # moving further down lights it more
+    x = torch.rand(1, 3, 6, 5, requires_grad=True)
+    translate(x, torch.tensor([[3.0, 0.0]])).sum().backward()
+    # rows 0-2 of the output repeat the top row (or are empty): the top row passes back the
+    # gradient of the one output pixel it moved to, not of its copies; the bottom rows left
+    assert torch.equal(x.grad[0, :, 0], torch.ones(3, 5)) and (x.grad[0, :, 3:] == 0).all()
 
 
 def test_ego_warp_matches_the_rasteriser():

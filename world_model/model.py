@@ -296,7 +296,7 @@ class ForwardModel(nn.Module):
         return torch.stack([d[..., 1], -d[..., 0]], -1) * self.config.px_per_m
 
     def encode(self, frames: torch.Tensor, states: torch.Tensor,
-               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+               positions: Optional[torch.Tensor] = None) -> tuple:
         """frames (B, n_cond, C, H, W) in [0, 1], states (B, n_cond, 4) -> the maps (B, F,
         h, w) of the frames and of the states, a pair (what :meth:`decode` takes).
         ``positions`` (B, n_cond, 4): the states whose positions place the frames (default:
@@ -321,10 +321,10 @@ class ForwardModel(nn.Module):
         h = self.frame_encoder(frames.flatten(1, 2))  # (B, F, h, w)
         return h, self.state_encoder(states.reshape(b, -1)).view(b, *self.map_shape)
 
-    def posterior_params(self, h: torch.Tensor, next_image: torch.Tensor,
+    def posterior_params(self, h: tuple, next_image: torch.Tensor,
                          next_state: torch.Tensor, last_state: torch.Tensor):
-        """map of the past (B, F, h, w), true next image (B, C, H, W) in [0, 1] and state
-        (B, 4), current state (B, 4) -> mu, logvar (B, n_z) of q(z | ...). With ``ego_warp``
+        """maps of the past (the pair from :meth:`encode`), true next image (B, C, H, W) in
+        [0, 1] and state (B, 4), current state (B, 4) -> mu, logvar (B, n_z) of q(z | ...). With ``ego_warp``
         the next image is seen from the current position: z has the others' motion to explain,
         not the car's own."""
         b = h[0].shape[0]
@@ -338,11 +338,11 @@ class ForwardModel(nn.Module):
         logvar = LOGVAR_LIMIT * torch.tanh(logvar / LOGVAR_LIMIT)
         return mu, logvar
 
-    def decode(self, h: torch.Tensor, last_image: torch.Tensor, last_state: torch.Tensor,
+    def decode(self, h: tuple, last_image: torch.Tensor, last_state: torch.Tensor,
                action: torch.Tensor, z: Optional[torch.Tensor], shift: Optional[torch.Tensor] = None,
                straight_through: bool = False):
-        """map (B, F, h, w) + action (B, 2) + z (B, n_z) -> next image (B, C, H, W) in [0, 1]
-        and next state (B, 4). ``shift`` (B, 2) [px]: the image's move with the car (default:
+        """maps of the past (the pair from :meth:`encode`, each (B, F, h, w)) + action (B, 2)
+        + z (B, n_z) -> next image (B, C, H, W) in [0, 1] and next state (B, 4). ``shift`` (B, 2) [px]: the image's move with the car (default:
         from the predicted displacement; training passes the true one).
 
         ``straight_through``: the clamp of the image to [0, 1] passes gradients as if it were
@@ -453,7 +453,7 @@ class ForwardModel(nn.Module):
             h = self.encode(torch.stack(frames[-n:], 1), past, states[:, t - n:t])  # (B, F, h, w)
             z = None
             if cfg.stochastic:
-                mu, logvar = self.posterior_params(h, target_image, target_state, past[:, -1])
+                mu, logvar = self.posterior_params(h, target_image, target_state, states[:, t - 1])
                 if self.training:
                     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # (B, n_z)
                 else:  # evaluation: the posterior mean, no random draw
