@@ -214,6 +214,15 @@ def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float) -> nn.Sequential:
     )
 
 
+def bottleneck(n_feature: int, dropout: float) -> nn.Sequential:
+    """The residual block's body: 3x3 convolutions F -> F/2 -> F on the hidden map."""
+    return nn.Sequential(
+        nn.Conv2d(n_feature, n_feature // 2, 3, 1, 1),
+        nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout),
+        nn.Conv2d(n_feature // 2, n_feature, 3, 1, 1),
+    )
+
+
 LOGVAR_LIMIT = 8.0  # bound on |log variance| of the posterior
 ACTION_LIMIT = 10.0  # bound on |normalised action| seen by the model [expert std]
 
@@ -243,17 +252,9 @@ class ForwardModel(nn.Module):
         # what is added to the map: the action, and z
         self.action_encoder = mlp(ACTION_DIM, cfg.n_hidden, n_map, cfg.dropout)
         # a bottleneck residual block on the map
-        self.residual = nn.Sequential(
-            nn.Conv2d(cfg.n_feature, cfg.n_feature // 2, 3, 1, 1),
-            nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(cfg.dropout),
-            nn.Conv2d(cfg.n_feature // 2, cfg.n_feature, 3, 1, 1),
-        )
+        self.residual = bottleneck(cfg.n_feature, cfg.dropout)
         if cfg.ego_warp:  # the image pathway's own block (see the module docstring)
-            self.image_residual = nn.Sequential(
-                nn.Conv2d(cfg.n_feature, cfg.n_feature // 2, 3, 1, 1),
-                nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(cfg.dropout),
-                nn.Conv2d(cfg.n_feature // 2, cfg.n_feature, 3, 1, 1),
-            )
+            self.image_residual = bottleneck(cfg.n_feature, cfg.dropout)
         # heads: next image (residual over the last frame) and change of the state
         self.image_decoder = ImageDecoder(cfg.n_feature, sizes[-1], sizes[0], cfg.dropout)
         self.state_head = mlp(n_map, cfg.n_hidden, STATE_DIM // 2, cfg.dropout)  # change of velocity
