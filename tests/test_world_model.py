@@ -223,6 +223,22 @@ def test_z_dropout_is_per_sample():
     assert not torch.equal(seen[0].abs() < 10, seen[1].abs() < 10)  # drawn anew every step
 
 
+@pytest.mark.parametrize("n_pred", [1, 3])
+def test_feedback_gradient_only_cuts_the_fed_back_frames(n_pred):
+    model = randomised(ForwardModel(TINY)).eval()
+    batch = fake_batch(b=2, t=TINY.n_cond + n_pred)
+    losses, grads = [], []
+    for feedback in (True, False):
+        model.zero_grad()
+        loss, _ = model(batch["images"], batch["states"], batch["actions"], feedback_gradient=feedback)
+        loss.backward()
+        losses.append(float(loss))
+        grads.append(model.frame_encoder.net[0].weight.grad.clone())
+    assert losses[0] == losses[1]  # the same predictions and loss
+    # one predicted frame is never fed back: the same gradient; three: two are, and cut
+    assert torch.equal(grads[0], grads[1]) == (n_pred == 1)
+
+
 def test_bf16_autocast_keeps_float32_outputs():
     model = randomised(ForwardModel(TINY))
     batch = fake_batch(b=2, t=6)
@@ -322,13 +338,17 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     from world_model.train import default_out
 
     monkeypatch.setenv("PPUU_ARTIFACTS", str(tmp_path / "artifacts"))
-    preset = dataclasses.replace(PRESETS["tiny"], steps=30, val_every=15, log_every=5)
+    preset = dataclasses.replace(PRESETS["tiny"], steps=30, val_every=15, log_every=5,
+                                 lr_stochastic=3e-4)
     det = train_model(TrainConfig(model="deterministic", preset="tiny", dataset=str(dataset_dir),
                                   quiet=True), preset)
     assert det == default_out("deterministic", "tiny") / "checkpoint.pt"
     sto = train_model(TrainConfig(model="stochastic", preset="tiny", dataset=str(dataset_dir),
                                   quiet=True), preset)
     assert load_checkpoint(sto)["warm_start"] == str(det)  # started from the deterministic one
+    # each model at its own learning rate (the warm-started one diverged at the first's)
+    assert load_checkpoint(det)["optimizer"]["param_groups"][0]["lr"] == preset.lr
+    assert load_checkpoint(sto)["optimizer"]["param_groups"][0]["lr"] == 3e-4
 
     table, paths = eval_model(EvalModelConfig(checkpoint=str(sto), batches=2, batch_size=8,
                                               horizon=5, k_samples="1,4,8", quiet=True))

@@ -423,10 +423,17 @@ class ForwardModel(nn.Module):
             states = torch.cat([states[:, 1:], state[:, None]], 1)  # (B, n_cond, 4)
         return torch.stack(pred_images, 1), torch.stack(pred_states, 1)
 
-    def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor):
+    def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
+                feedback_gradient: bool = True):
         """Training loss on windows of n_cond + T frames.
 
         images (B, n_cond+T, C, H, W) uint8, states (B, n_cond+T, 4), actions (B, n_cond+T, 2).
+        Predicted frames are fed back as inputs of the later steps; with
+        ``feedback_gradient=False`` the loss's gradient does not flow back through them (the
+        model still learns from its own predictions as inputs). The gradient through that
+        loop can explode: once an update had raised the loop's gain, the gradient norm grew
+        ~1000x per step (1 -> 1e3 -> 5e6 -> 4e10) where with the fed-back frames detached
+        it stayed at 8 -> 29 -> 66 on the same weights and batches.
         Returns ``(loss, metrics)``: metrics are detached scalars (loss, image_mse, state_mse,
         kl; z_prior_fraction for the stochastic model). In eval mode (no dropout) the
         stochastic model uses the posterior mean and no z-dropout: nothing is random.
@@ -469,7 +476,7 @@ class ForwardModel(nn.Module):
                                       straight_through=True)
             image_mse = image_mse + F.mse_loss(last, target_image)
             state_mse = state_mse + F.mse_loss(state, target_state)
-            frames.append(last.to(hist))
+            frames.append((last if feedback_gradient else last.detach()).to(hist))
             past = torch.cat([past[:, 1:], state[:, None]], 1)
         image_mse, state_mse, kl = image_mse / t_pred, state_mse / t_pred, kl / t_pred
         loss = image_mse + state_mse + cfg.beta * kl
