@@ -30,6 +30,7 @@ from traffic_sim.paths import artifacts_dir, atomic_output
 from .train import METHOD_MODEL, METHODS, PRESETS
 
 RATES = ("success_rate", "collision_rate", "offroad_rate")
+KIND_RATES = ("collision_front_rate", "collision_rear_rate", "collision_side_rate")  # how they collided
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def summarise_methods(rows: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         row = {"method": method, "seeds": len(mine), "episodes": mine[0]["episodes"]}
-        for key in RATES + ("mean_distance_m",):
+        for key in RATES + KIND_RATES + ("mean_distance_m",):
             v = np.array([r[key] for r in mine], dtype=float)
             row[key] = float(v.mean())
             row[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -166,13 +167,14 @@ def summarise_methods(rows: list[dict]) -> list[dict]:
 
 def format_report(summary: list[dict], stages: list, total: float, cfg: ReportConfig, n_seeds: int) -> str:
     lines = [f"# Results: {cfg.preset} preset, {cfg.split} split, mean ± std over {n_seeds} seed(s)", "",
-             "| method | success % | collision % | off-road % | distance [m] |",
-             "|---|---|---|---|---|"]
+             "| method | success % | collision % | off-road % | collisions front / rear / side % | distance [m] |",
+             "|---|---|---|---|---|---|"]
     for r in summary:
         cells = [f"{100 * r[k]:.1f} ± {100 * r[k + '_std']:.1f}" if r["seeds"] > 1 else f"{100 * r[k]:.1f}"
                  for k in RATES]
+        kinds = " / ".join(f"{100 * r[k]:.1f}" for k in KIND_RATES)
         dist = f"{r['mean_distance_m']:.1f}"
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {dist} |")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {kinds} | {dist} |")
     lines += ["", f"{summary[0]['episodes']} episodes per policy.", "", "| stage | wall-clock |", "|---|---|"]
     lines += [f"| {name} | {seconds / 60:.1f} min |" for name, seconds in stages]
     lines += [f"| total (this run) | {total / 60:.1f} min |", ""]

@@ -23,10 +23,14 @@ def test_evaluate_writes_the_csv(traffic_file, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [row["policy"] for row in rows] == ["human", "no-action"]
     assert list(rows[0]) == ["policy", "episodes", "success_rate", "collision_rate",
-                             "offroad_rate", "mean_distance_m", "mean_time_s"]
+                             "offroad_rate", "mean_distance_m", "mean_time_s",
+                             "collision_front_rate", "collision_rear_rate", "collision_side_rate"]
     for row in rows:
         for k in ("success_rate", "collision_rate", "offroad_rate"):
             assert 0.0 <= float(row[k]) <= 1.0
+    for row in rows:  # the kinds of collision add up to the collisions
+        kinds = sum(float(row[f"collision_{k}_rate"]) for k in ("front", "rear", "side"))
+        assert kinds == pytest.approx(float(row["collision_rate"]), abs=1e-4)
     assert float(rows[0]["success_rate"]) >= 0.98
     assert float(rows[1]["success_rate"]) < float(rows[0]["success_rate"])
 

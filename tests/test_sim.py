@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from traffic_sim.scene import DT, HISTORY
-from traffic_sim.sim import ReplaySimulator, boxes_overlap, kinematic_step
+from traffic_sim.sim import HIT_KINDS, ReplaySimulator, boxes_overlap, kinematic_step
 
 
 def _drive(v, acc, steer, steps):
@@ -131,6 +131,23 @@ def test_no_action_collides_and_the_boxes_really_overlap(small_scene):
     hit = boxes_overlap(cars.x[i], cars.y[i], cars.ux[i], cars.uy[i], cars.length[i], cars.width[i],
                         sc.x[rows], sc.y[rows], sc.ux[rows], sc.uy[rows], sc.length[rows], sc.width[rows])
     assert hit.any()
+
+
+@pytest.mark.parametrize("action, kind", [((-6.0, 0.0), "rear"), ((3.0, 0.0), "front"),
+                                          ((0.0, 0.02), "side")])
+def test_collisions_are_told_apart(small_scene, action, kind):
+    """A car that stops is run into from behind; one that speeds up runs into the car ahead;
+    one that turns hard meets the vehicles alongside."""
+    sc = small_scene
+    sim = ReplaySimulator(sc)
+    cars = sim.start(sc.episodes["all"])
+    while not cars.done.all():
+        sim.step(cars, np.tile(action, (len(cars.track), 1)))
+    assert np.array_equal(cars.hit > 0, cars.collision)  # every collision, and only those
+    kinds = np.bincount(cars.hit[cars.collision], minlength=len(HIT_KINDS))
+    assert kinds.argmax() == HIT_KINDS.index(kind) and kinds.max() > 0.7 * kinds.sum(), kinds
+    if kind in ("rear", "front"):  # never the opposite end
+        assert kinds[HIT_KINDS.index("front" if kind == "rear" else "rear")] == 0, kinds
 
 
 def test_splits_are_disjoint_and_stable(small_scene):

@@ -14,7 +14,7 @@ import numpy as np
 from .cli_util import UserError, doc
 from .paths import artifacts_dir, atomic_output
 from .scene import DT, SPLITS, Scene
-from .sim import BUILTIN_POLICIES, ReplaySimulator, builtin_actions
+from .sim import BUILTIN_POLICIES, HIT_KINDS, ReplaySimulator, builtin_actions
 
 CSV_COLUMNS = ("policy", "episodes", "success_rate", "collision_rate", "offroad_rate",
                "mean_distance_m", "mean_time_s")
@@ -28,7 +28,8 @@ def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None)
     convention of the viewer); its ``reset(tracks)``, if any, is called at each batch's start."""
     sim = ReplaySimulator(scene)
     tracks = np.asarray(tracks, dtype=np.int64)
-    out = {k: [] for k in ("track", "success", "collision", "off_road", "truncated", "distance", "time")}
+    out = {k: [] for k in ("track", "success", "collision", "off_road", "truncated", "distance",
+                           "time", "hit")}
     for lo in range(0, len(tracks), batch):
         cars = sim.start(tracks[lo:lo + batch])
         learned = not isinstance(policy, str)
@@ -44,7 +45,7 @@ def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None)
         for key, value in (("track", cars.track), ("success", cars.success),
                            ("collision", cars.collision), ("off_road", cars.off_road),
                            ("truncated", cars.truncated), ("distance", cars.distance),
-                           ("time", cars.steps * DT)):
+                           ("time", cars.steps * DT), ("hit", cars.hit)):
             out[key].append(np.asarray(value).copy())
         if progress is not None:
             progress(len(cars.track))
@@ -61,27 +62,31 @@ def summarise(name: str, outcome: dict) -> dict:
         "offroad_rate": float(outcome["off_road"].mean()) if n else math.nan,
         "mean_distance_m": float(outcome["distance"].mean()) if n else math.nan,
         "mean_time_s": float(outcome["time"].mean()) if n else math.nan,
+        **{f"collision_{kind}_rate": float((outcome["hit"] == k).mean()) if n else math.nan
+           for k, kind in enumerate(HIT_KINDS) if k},
     }
 
 
 def mean_row(name: str, rows: list[dict]) -> dict:
     """The mean of several rows (seeds of one method), with the std of each rate."""
     out = {"policy": f"{name} (mean of {len(rows)})", "episodes": rows[0]["episodes"]}
-    for key in CSV_COLUMNS[2:]:
+    for key in [k for k in rows[0] if k not in ("policy", "episodes") and not k.endswith("_std")]:
         v = np.array([r[key] for r in rows], dtype=float)
         out[key] = float(v.mean())
-        if key.endswith("_rate"):
+        if key in CSV_COLUMNS and key.endswith("_rate"):
             out[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     return out
 
 
 def format_table(rows: list[dict]) -> str:
     w = max([12] + [len(r["policy"]) for r in rows])
-    head = f"{'policy':<{w}} {'episodes':>8} {'success':>8} {'collision':>9} {'off-road':>8} {'distance [m]':>12} {'time [s]':>8}"
+    head = (f"{'policy':<{w}} {'episodes':>8} {'success':>8} {'collision':>9} {'front/rear/side':>15} "
+            f"{'off-road':>8} {'distance [m]':>12} {'time [s]':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        kinds = "/".join(f"{100 * r.get(f'collision_{k}_rate', math.nan):.0f}" for k in HIT_KINDS[1:])
         lines.append(f"{r['policy']:<{w}} {r['episodes']:>8d} {100 * r['success_rate']:>7.1f}% "
-                     f"{100 * r['collision_rate']:>8.1f}% {100 * r['offroad_rate']:>7.1f}% "
+                     f"{100 * r['collision_rate']:>8.1f}% {kinds:>15} {100 * r['offroad_rate']:>7.1f}% "
                      f"{r['mean_distance_m']:>12.1f} {r['mean_time_s']:>8.1f}"
                      + (f"   (success std {100 * r['success_rate_std']:.1f})" if "success_rate_std" in r else ""))
     return "\n".join(lines)

@@ -77,6 +77,7 @@ class Cars:
     off_road: np.ndarray
     success: np.ndarray
     truncated: np.ndarray
+    hit: np.ndarray  # how a collision happened: an index into HIT_KINDS (0: none)
 
     @property
     def center_x(self):
@@ -97,6 +98,10 @@ class Cars:
 
 
 BUILTIN_POLICIES = ("human", "no-action")
+# How a controlled car collided, from the side of its box that the other vehicle entered by
+# the least: "front" (it ran into a vehicle ahead), "rear" (a vehicle ran into it from
+# behind), "side" (a vehicle alongside, changing lanes into it or it into them).
+HIT_KINDS = ("none", "front", "rear", "side")
 
 
 def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarray:
@@ -133,6 +138,7 @@ class ReplaySimulator:
             width=sc.track_width[tracks].copy(), y0=sc.tr_y[rows].copy(),
             steps=np.zeros(n, dtype=np.int64), done=false.copy(), collision=false.copy(),
             off_road=false.copy(), success=false.copy(), truncated=false.copy(),
+            hit=np.zeros(n, dtype=np.int8),
         )
 
     def human_actions(self, cars: Cars) -> np.ndarray:
@@ -177,6 +183,9 @@ class ReplaySimulator:
         off_road = ~sc.road.on_road(cars.center_x[i], cars.center_y[i]) & ~collision
         success = (cars.y[i] >= sc.success_y) & ~collision & ~off_road
         truncated = out_of_data & ~success & ~off_road
+        new = i[collision & ~cars.collision[i]]
+        if len(new):
+            cars.hit[new] = self.hit_kind(cars, new, self._frames(cars.frame[new]))
         cars.collision[i] |= collision
         cars.off_road[i] |= off_road
         cars.success[i] |= success
@@ -233,6 +242,30 @@ class ReplaySimulator:
                              sc.width[r])
         hit[car[pair]] = True
         return hit
+
+    def hit_kind(self, cars: Cars, i, frame) -> np.ndarray:
+        """For cars ``i`` that overlap a replayed vehicle at ``frame``: the index into
+        :data:`HIT_KINDS` of how (the nearest overlapping vehicle decides)."""
+        sc = self.scene
+        rows, valid = self.neighbours(frame, cars.center_x[i], cars.center_y[i], cars.track[i], reach=0.0)
+        kinds = np.zeros(len(i), dtype=np.int8)
+        for k, c in enumerate(i):
+            r = rows[k][valid[k]]
+            r = r[boxes_overlap(cars.x[c], cars.y[c], cars.ux[c], cars.uy[c], cars.length[c],
+                                cars.width[c], sc.x[r], sc.y[r], sc.ux[r], sc.uy[r],
+                                sc.length[r], sc.width[r])]
+            if len(r) == 0:
+                continue
+            dx = sc.x[r] - 0.5 * sc.length[r] * sc.ux[r] - cars.center_x[c]
+            dy = sc.y[r] - 0.5 * sc.length[r] * sc.uy[r] - cars.center_y[c]
+            along = dx * cars.ux[c] + dy * cars.uy[c]  # [m] ahead of the car's centre
+            across = np.abs(dx * cars.uy[c] - dy * cars.ux[c])
+            j = np.argmin(np.hypot(along, across))
+            depth_along = 0.5 * (cars.length[c] + sc.length[r[j]]) - abs(along[j])
+            depth_across = 0.5 * (cars.width[c] + sc.width[r[j]]) - across[j]
+            kinds[k] = (HIT_KINDS.index("side") if depth_across < depth_along else
+                        HIT_KINDS.index("front") if along[j] > 0 else HIT_KINDS.index("rear"))
+        return kinds
 
     # ---------------------------------------------------------- observation
     def images_at(self, frame, cx, cy, exclude_track) -> np.ndarray:
