@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from traffic_sim.scene import DT, HISTORY
-from traffic_sim.sim import HIT_KINDS, ReplaySimulator, boxes_overlap, kinematic_step
+from traffic_sim.sim import HIT_KINDS, ReplaySimulator, boxes_overlap, builtin_actions, kinematic_step
 
 
 def _drive(v, acc, steer, steps):
@@ -156,3 +156,28 @@ def test_splits_are_disjoint_and_stable(small_scene):
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
     assert set().union(*parts) == set(sc.episodes["all"].tolist())
     assert len(parts[0]) == pytest.approx(0.8 * len(sc.episodes["all"]), abs=1)
+
+
+def test_idm_known_answers():
+    from traffic_sim.follow import ACC_MAX, GAP_MIN, HEADWAY, SPEED_DESIRED, idm_acceleration
+
+    assert idm_acceleration(0.0, np.inf, 0.0) == pytest.approx(ACC_MAX)  # free road, standing
+    v = 10.0  # at the equilibrium gap behind a leader of the same speed: only the free-road term
+    assert idm_acceleration(v, GAP_MIN + v * HEADWAY, v) == pytest.approx(-ACC_MAX * (v / SPEED_DESIRED) ** 4)
+    assert idm_acceleration(v, 3.0, 0.0) < -10.0  # closing fast on a stopped car: brake hard
+    assert idm_acceleration(v, 100.0, v) > 0.0  # far behind: speed up
+
+
+def test_follow_drives_where_no_action_crashes(small_scene):
+    sc = small_scene
+    sim = ReplaySimulator(sc)
+    out = {}
+    for policy in ("no-action", "follow"):
+        cars = sim.start(sc.episodes["all"])
+        while not cars.done.all():
+            sim.step(cars, builtin_actions(sim, cars, policy))
+        out[policy] = cars
+    front = HIT_KINDS.index("front")
+    assert (out["no-action"].hit == front).mean() > 0.3
+    assert (out["follow"].hit == front).mean() < 0.02  # it does not run into the car ahead
+    assert out["follow"].success.mean() > 0.6 > out["no-action"].success.mean()

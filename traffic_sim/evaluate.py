@@ -105,7 +105,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 class EvaluateConfig:
     """Closed-loop evaluation of driving policies in the replay simulator."""
 
-    policy: str = doc("policies to evaluate, comma-separated: human, no-action, mpc (planning "
+    policy: str = doc("policies to evaluate, comma-separated: human, no-action, follow (car "
+                      "following with the true gaps, a privileged reference), mpc (planning "
                       "with the forward model) or a policy checkpoint (file or train-policy folder)",
                       "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")
