@@ -3,7 +3,7 @@
 For a preset it makes (or reuses, resuming what was interrupted) each piece in turn: the
 default traffic and dataset, the deterministic and stochastic forward models, one policy per
 method and seed; then it drives every policy closed loop on the evaluation split together
-with the human and no-action baselines, and writes
+with the human, no-action and car-following (``follow``) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
 - ``summary.csv`` and ``report.md``: mean and standard deviation over seeds per method, and
@@ -131,7 +131,7 @@ def report_command(cfg: ReportConfig) -> str:
             pick = np.random.default_rng(0).choice(len(tracks), cfg.episodes, replace=False)
             tracks = tracks[np.sort(pick)]
         rows = []
-        for name in ("human", "no-action"):
+        for name in ("human", "no-action", "follow"):  # the references: recorded, none, car following
             rows.append({"method": name, "seed": "", **summarise(name, run_episodes(scene, tracks, name))})
         for (method, seed), folder in trained.items():
             driver = policy_driver(folder, scene, name=f"{method}-seed{seed}")
