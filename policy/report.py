@@ -70,9 +70,14 @@ class _Timer:
     def __call__(self, name: str, fn):
         if not self.quiet:
             print(f"== {name}")
+        from world_model.train import StopFlag
+
         t0 = time.perf_counter()
         result = fn()
         self.rows.append((name, time.perf_counter() - t0))
+        if StopFlag.requested:  # the stage saved its checkpoint and returned: stop here
+            print(f"stopped during '{name}': run the same command again to resume")
+            raise KeyboardInterrupt
         return result
 
 

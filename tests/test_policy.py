@@ -3,6 +3,7 @@ cost, tiny end-to-end training of every method, evaluation and the viewer with a
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,6 +372,29 @@ def test_report_trains_what_is_missing_and_tabulates_seeds(trained, tmp_path, mo
     # a second run reuses everything: no training stage takes time
     again = report_command(cfg)
     assert "policy: il, seed 5" in again
+
+
+def test_report_stops_when_a_stage_was_interrupted(trained, tmp_path, monkeypatch):
+    """Ctrl-C in a training stage saves its checkpoint and returns; the report must not go
+    on to the next stage (two runs would then share folders) but stop, to be resumed."""
+    import policy.train
+    from policy.report import ReportConfig, report_command
+    from world_model.train import StopFlag
+
+    monkeypatch.setattr(StopFlag, "requested", False)
+    calls = []
+
+    def interrupted_training(cfg):
+        calls.append(cfg.method)
+        StopFlag.requested = True  # what the signal handler does
+        return Path(cfg.out)
+
+    monkeypatch.setattr(policy.train, "train_policy", interrupted_training)
+    cfg = ReportConfig(preset="tiny", methods="il,vg", seeds="0", dataset=str(trained["dataset"]),
+                       out=str(tmp_path / "report"), quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        report_command(cfg)
+    assert calls == ["il"] and not (tmp_path / "report").exists()
 
 
 def test_evaluate_seeds_expands_a_pattern_and_adds_the_mean(trained, tmp_path, monkeypatch):

@@ -200,7 +200,11 @@ def preset_from_dict(d: dict) -> Preset:
 
 
 class StopFlag:
-    """Ctrl-C / SIGTERM request a stop after the current step; a second Ctrl-C stops now."""
+    """Ctrl-C / SIGTERM request a stop after the current step; a second Ctrl-C stops now.
+    ``StopFlag.requested`` stays set once a stop was asked for in this process, so that a
+    caller running several trainings in turn (``report``) stops too."""
+
+    requested = False
 
     def __init__(self):
         self.stop = False
@@ -210,6 +214,7 @@ class StopFlag:
         if self.stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop = True
+        StopFlag.requested = True
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
