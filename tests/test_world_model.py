@@ -339,7 +339,16 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PPUU_ARTIFACTS", str(tmp_path / "artifacts"))
     preset = dataclasses.replace(PRESETS["tiny"], steps=30, val_every=15, log_every=5,
-                                 lr_stochastic=3e-4)
+                                 lr_stochastic=3e-4, feedback_gradient_stochastic=False)
+    feedback = []  # (stochastic, feedback_gradient) of every training loss
+    forward = ForwardModel.forward
+
+    def recording_forward(self, *args, feedback_gradient=True):
+        if self.training:
+            feedback.append((self.config.stochastic, feedback_gradient))
+        return forward(self, *args, feedback_gradient=feedback_gradient)
+
+    monkeypatch.setattr(ForwardModel, "forward", recording_forward)
     det = train_model(TrainConfig(model="deterministic", preset="tiny", dataset=str(dataset_dir),
                                   quiet=True), preset)
     assert det == default_out("deterministic", "tiny") / "checkpoint.pt"
@@ -349,6 +358,7 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     # each model at its own learning rate (the warm-started one diverged at the first's)
     assert load_checkpoint(det)["optimizer"]["param_groups"][0]["lr"] == preset.lr
     assert load_checkpoint(sto)["optimizer"]["param_groups"][0]["lr"] == 3e-4
+    assert set(feedback) == {(False, True), (True, False)}  # and its own feedback gradient
 
     table, paths = eval_model(EvalModelConfig(checkpoint=str(sto), batches=2, batch_size=8,
                                               horizon=5, k_samples="1,4,8", quiet=True))

@@ -19,8 +19,9 @@ see ``benchmarks/bench_model.py`` and the README):
 - ``default``: the model for policy learning on CPU: 64 features (1.3 M parameters, 1.8 M
   stochastic), 20 + 10 frames, batch 32; 2000 deterministic steps (19.2 min measured on 2
   cores with the ego-motion warp, 0.58 s per step), then 2000 stochastic ones at a lower
-  learning rate (2e-4: at 5e-4 the warm-started model diverged after 1,055 steps, the
-  gradient norm growing ~1000x per step once an update had overshot). Its width
+  learning rate (2e-4) and without the gradient through the fed-back frames (at 5e-4 the
+  warm-started model diverged after 1,055 steps, the gradient norm growing ~1000x per step
+  through that loop once an update had overshot). Its width
   was chosen by measuring the validation error of 3 widths against their cost; see
   :data:`WIDTH_TRADE_OFF`.
 - ``paper``: the reference scale (256 features, batch 64, 20 + 20 frames, n_z 32, Adam 1e-4,
@@ -69,6 +70,7 @@ class Preset:
     steps_stochastic: Optional[int] = None  # steps of the (warm-started) stochastic model; None: steps
     lr_stochastic: Optional[float] = None  # Adam learning rate of the stochastic model; None: lr
     feedback_gradient: bool = True  # the loss's gradient flows through the fed-back predicted frames
+    feedback_gradient_stochastic: Optional[bool] = None  # the same for the stochastic model; None: as above
 
 
 PRESETS = {
@@ -80,7 +82,7 @@ PRESETS = {
         model=ModelConfig(n_cond=20, n_feature=64, n_hidden=128, n_z=32),
         n_pred=10, batch_size=32, steps=2000, lr=5e-4, grad_clip=5.0,
         val_every=500, val_batches=8, log_every=50, steps_stochastic=2000,
-        lr_stochastic=2e-4, feedback_gradient=False),
+        lr_stochastic=2e-4, feedback_gradient_stochastic=False),
     "paper": Preset(
         model=ModelConfig(n_cond=20, n_feature=256, n_hidden=256, n_z=32),
         n_pred=20, batch_size=64, steps=200_000, lr=1e-4, grad_clip=5.0,
@@ -411,9 +413,11 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = ForwardModel(model_cfg).to(device)
     model.set_state_stats(dataset.stats["state_mean"], dataset.stats["state_std"])
-    lr = preset.lr
+    lr, feedback_gradient = preset.lr, preset.feedback_gradient
     if model_cfg.stochastic and preset.lr_stochastic is not None:
         lr = preset.lr_stochastic
+    if model_cfg.stochastic and preset.feedback_gradient_stochastic is not None:
+        feedback_gradient = preset.feedback_gradient_stochastic
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     train_sampler = WindowSampler(dataset, "train", model_cfg.n_cond, preset.n_pred,
                                   preset.batch_size, seed=cfg.seed, device=device)
@@ -451,7 +455,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         batch = train_sampler.sample()
         with autocast(device, dtype):
             return model(batch["images"], batch["states"], batch["actions"],
-                         feedback_gradient=preset.feedback_gradient)
+                         feedback_gradient=feedback_gradient)
 
     def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
