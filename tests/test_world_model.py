@@ -232,7 +232,7 @@ def test_feedback_gradient_only_cuts_the_fed_back_frames(n_pred):
         model.zero_grad()
         loss, _ = model(batch["images"], batch["states"], batch["actions"], feedback_gradient=feedback)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads.append(model.frame_encoder.net[0].weight.grad.clone())
     assert losses[0] == losses[1]  # the same predictions and loss
     # one predicted frame is never fed back: the same gradient; three: two are, and cut
