@@ -8,7 +8,9 @@ training weights) with respect to the acceleration, summed over the steps, says 
 where it is positive. The windows are grouped by the gap to the nearest vehicle straight
 ahead in the last real image, and the cost is also computed on the front half and on the
 rear half of every predicted image alone. A cost that teaches car following says "brake"
-far more often with a car close ahead than with the road open.
+far more often with a car close ahead than with the road open. Last, it shows where, in the
+real images, the pixel lies that sets the proximity cost (a max over pixels): in the car's
+own lane, or in another lane ahead of, alongside or behind it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import torch  # noqa: E402
 
 import policy.rollout as rollout_module  # noqa: E402
 from data.dataset import Dataset, WindowSampler  # noqa: E402
-from policy.costs import image_costs  # noqa: E402
+from policy.costs import _ramp as ramp  # noqa: E402
+from policy.costs import image_costs, speed_of  # noqa: E402
+from traffic_sim.costs import ACROSS_M, ALONG_M, SAFE_MARGIN, SAFE_TIME  # noqa: E402
+from traffic_sim.roads import LANE_WIDTH  # noqa: E402
 from policy.rollout import CostWeights, discounted, rollout  # noqa: E402
 from traffic_sim.raster import IMAGE_H, IMAGE_W, PX_PER_M, VEHICLES_CHANNEL  # noqa: E402
 from world_model.train import default_out, load_model  # noqa: E402
@@ -41,6 +46,31 @@ def gap_ahead(images: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(front)
     nearest = torch.where(ahead, rows, torch.full_like(rows, -1)).amax(1)
     return torch.where(nearest >= 0, (front - nearest).float() / PX_PER_M, torch.tensor(float("inf")))
+
+
+def where_the_max_is(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor) -> list:
+    """For real images (B, C, H, W) uint8, speeds (B,) [m/s] and car sizes (B, 2) [m]:
+    where the pixel that sets the proximity cost lies: "none" (cost below 0.05), "own lane,
+    ahead/behind", or "other lane, ahead/alongside/behind" (alongside: within the car's
+    length, where the mask is flat along the road and moving changes nothing)."""
+    along = torch.as_tensor(ALONG_M, dtype=torch.float32)
+    across = torch.as_tensor(ACROSS_M, dtype=torch.float32)
+    half_length, half_width = 0.5 * car_size[:, :1], 0.5 * car_size[:, 1:]
+    mask_along = ramp(along[None], half_length, SAFE_TIME * speed[:, None] + SAFE_MARGIN)  # (B, H)
+    mask_across = ramp(across[None], half_width, LANE_WIDTH)  # (B, W)
+    product = images[:, VEHICLES_CHANNEL].float() / 255 * mask_along[:, :, None] * mask_across[:, None, :]
+    value, index = product.flatten(1).max(1)
+    a, c = along[index // IMAGE_W], across[index % IMAGE_W].abs()
+    out = []
+    for k in range(len(value)):
+        if value[k] < 0.05:
+            out.append("none")
+        elif c[k] <= half_width[k, 0] + 0.5:
+            out.append("own lane, " + ("ahead" if a[k] > 0 else "behind"))
+        else:
+            out.append("other lane, " + ("ahead" if a[k] > half_length[k, 0] else
+                                         "behind" if a[k] < -half_length[k, 0] else "alongside"))
+    return out
 
 
 def half_costs(part: str):
@@ -94,6 +124,12 @@ def main(argv=None) -> int:
             cells = " ".join(f"{float(says_brake[k][m].mean()):>{width}.2f}"
                              for k, width in (("all", 24), ("front", 11), ("rear", 10)))
             print(f"{f'{lo:.0f}-{hi:.0f}':>14} {int(m.sum()):>8} {cells}")
+    places = [p for b in batches for p in where_the_max_is(b["images"][:, n - 1],
+                                                          speed_of(b["states"][:, n - 1], stats),
+                                                          b["car_size"])]
+    print("\nwhere the pixel that sets the proximity cost lies (last real image of each window):")
+    for place in dict.fromkeys(sorted(places)):
+        print(f"  {place:<24} {places.count(place) / len(places):.2f}")
     return 0
 
 
