@@ -25,11 +25,9 @@ import torch  # noqa: E402
 
 import policy.rollout as rollout_module  # noqa: E402
 from data.dataset import Dataset, WindowSampler  # noqa: E402
-from policy.costs import _ramp as ramp  # noqa: E402
 from policy.costs import image_costs, speed_of  # noqa: E402
-from traffic_sim.costs import ACROSS_M, ALONG_M, SAFE_MARGIN, SAFE_TIME  # noqa: E402
-from traffic_sim.roads import LANE_WIDTH  # noqa: E402
 from policy.rollout import CostWeights, discounted, rollout  # noqa: E402
+from traffic_sim.costs import ACROSS_M, ALONG_M, proximity_mask  # noqa: E402
 from traffic_sim.raster import IMAGE_H, IMAGE_W, PX_PER_M, VEHICLES_CHANNEL  # noqa: E402
 from world_model.train import default_out, load_model  # noqa: E402
 
@@ -56,9 +54,9 @@ def where_the_max_is(images: torch.Tensor, speed: torch.Tensor, car_size: torch.
     along = torch.as_tensor(ALONG_M, dtype=torch.float32)
     across = torch.as_tensor(ACROSS_M, dtype=torch.float32)
     half_length, half_width = 0.5 * car_size[:, :1], 0.5 * car_size[:, 1:]
-    mask_along = ramp(along[None], half_length, SAFE_TIME * speed[:, None] + SAFE_MARGIN)  # (B, H)
-    mask_across = ramp(across[None], half_width, LANE_WIDTH)  # (B, W)
-    product = images[:, VEHICLES_CHANNEL].float() / 255 * mask_along[:, :, None] * mask_across[:, None, :]
+    mask = torch.as_tensor(proximity_mask(speed.numpy(), car_size[:, 0].numpy(), car_size[:, 1].numpy()),
+                           dtype=torch.float32)  # (B, H, W)
+    product = images[:, VEHICLES_CHANNEL].float() / 255 * mask
     value, index = product.flatten(1).max(1)
     a, c = along[index // IMAGE_W], across[index % IMAGE_W].abs()
     out = []

@@ -58,9 +58,11 @@ def follow_actions(sim, cars) -> np.ndarray:
     leader_speed = np.where(np.isfinite(gap), sc.tr_speed[tr_row], cars.v)
     acc = np.clip(idm_acceleration(cars.v, gap, leader_speed), *ACC_LIMITS)
 
-    lane = sc.road.lane_at(cars.center_x, cars.center_y)
-    centre = {ln.lane_id: ln.center for ln in sc.road.lanes}
-    target = np.array([centre.get(int(k), x) for k, x in zip(lane, cars.center_x)])
+    lane = sc.road.lane_at(cars.center_x, cars.center_y)  # 0: off the road
+    centre = np.zeros(max(ln.lane_id for ln in sc.road.lanes) + 1)  # [m] by lane id
+    for ln in sc.road.lanes:
+        centre[ln.lane_id] = ln.center
+    target = np.where(lane > 0, centre[lane], cars.center_x)
     heading = np.clip(HEADING_GAIN * (target - cars.center_x), -HEADING_MAX, HEADING_MAX)
     steer = STEER_GAIN * (heading - cars.ux) / (np.maximum(cars.v, 1.0) * DT)
     return np.stack([acc, steer], axis=1)
