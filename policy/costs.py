@@ -12,11 +12,12 @@ detached: the policy must not lower its cost by changing the mask.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from traffic_sim.costs import ACROSS_M, ALONG_M, LANE_HALF, SAFE_MARGIN, SAFE_TIME
+from traffic_sim.costs import ACROSS_M, ALONG_M, LANE_HALF, PROX_REACH, SAFE_MARGIN, SAFE_TIME
 from traffic_sim.raster import LANES_CHANNEL, OFFROAD_CHANNEL, VEHICLES_CHANNEL
-from traffic_sim.roads import LANE_WIDTH
 
 COST_NAMES = ("proximity", "lane", "offroad")
 
@@ -27,11 +28,17 @@ def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
     return (1.0 - (distance.abs() - flat) / fall).clamp(0.0, 1.0)
 
 
-def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor) -> torch.Tensor:
+def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor,
+                offset: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Costs of cars from their state images.
 
     images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
     width [m]. Returns (..., 3): proximity, lane and off-road costs, each in [0, 1].
+
+    ``offset`` (..., 2) [m]: where the car is relative to the image centre, along the road
+    (ahead positive) and across it (right positive); the masks move with it. With an offset
+    that is zero in value, the costs are unchanged and their gradient with respect to the
+    offset is how they change as the car moves among what the image shows.
     """
     lead = images.shape[:-3]
     img = images.reshape(-1, *images.shape[-3:]).float()  # (N, C, H, W)
@@ -40,14 +47,18 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     along = torch.as_tensor(ALONG_M, dtype=img.dtype, device=img.device)  # (H,) ahead > 0
     across = torch.as_tensor(ACROSS_M, dtype=img.dtype, device=img.device)  # (W,)
     half_length, half_width = 0.5 * size[:, :1], 0.5 * size[:, 1:]  # (N, 1)
-    prox_along = _ramp(along[None], half_length, SAFE_TIME * speed + SAFE_MARGIN)  # (N, H)
-    prox_across = _ramp(across[None], half_width, LANE_WIDTH)  # (N, W)
-    lane_along = (along.abs()[None] <= half_length).to(img.dtype)  # (N, H)
-    lane_across = _ramp(across, 0.0, LANE_HALF)  # (W,)
+    along, across = along[None], across[None]  # (1, H), (1, W)
+    lane_along = (along.abs() <= half_length).to(img.dtype)  # (N, H): not moved (a step)
+    if offset is not None:
+        offset = offset.reshape(-1, 2).to(img.dtype)
+        along, across = along - offset[:, :1], across - offset[:, 1:]  # from the moved car
+    prox_along = _ramp(along, half_length, SAFE_TIME * speed + SAFE_MARGIN)  # (N, H)
+    prox_across = _ramp(across, half_width, PROX_REACH)  # (N, W)
+    lane_across = _ramp(across, 0.0, LANE_HALF)  # (N or 1, W)
     vehicles = img[:, VEHICLES_CHANNEL]  # (N, H, W)
     proximity = ((vehicles * prox_across[:, None, :]).amax(2) * prox_along).amax(1)  # (N,)
     road = img[:, [LANES_CHANNEL, OFFROAD_CHANNEL]]  # (N, 2, H, W)
-    lane_off = ((road * lane_across).amax(3) * lane_along[:, None]).amax(2)  # (N, 2)
+    lane_off = ((road * lane_across[:, None, None, :]).amax(3) * lane_along[:, None]).amax(2)  # (N, 2)
     return torch.cat([proximity[:, None], lane_off], 1).reshape(*lead, 3)
 
 

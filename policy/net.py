@@ -34,6 +34,7 @@ class PolicyConfig:
     n_feature: int = 64  # channels of the image encoder's last map
     n_hidden: int = 256  # width of the 3 fully-connected layers
     action_bound: float = 3.0  # soft bound of the normalised action
+    n_states: int = 20  # most recent states the policy sees (at most n_cond)
 
     @staticmethod
     def from_dict(d: dict) -> "PolicyConfig":
@@ -53,7 +54,7 @@ class PolicyNet(nn.Module):
         n_map = cfg.n_feature * h * w
         self.encoder = ConvEncoder(cfg.n_cond * IMAGE_SHAPE[0], cfg.n_feature, dropout=0.0)
         self.state_encoder = nn.Sequential(
-            nn.Linear(cfg.n_cond * STATE_DIM, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(min(cfg.n_states, cfg.n_cond) * STATE_DIM, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(cfg.n_hidden, n_map))
         self.head = nn.Sequential(
             nn.LeakyReLU(0.2), nn.Linear(n_map, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
@@ -67,7 +68,7 @@ class PolicyNet(nn.Module):
         normalised -> normalised action (B, 2)."""
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
-        b = images.shape[0]
+        states = states[:, -min(self.config.n_states, self.config.n_cond):]
         relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1)
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
         raw = self.head(h).float()

@@ -22,6 +22,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from data.dataset import denormalise_actions, denormalise_states
+from traffic_sim.sim import DT, kinematic_step
+
 from .costs import image_costs, speed_of
 
 U_NAMES = ("image", "state", "cost")  # the variances the uncertainty cost is made of
@@ -47,10 +50,33 @@ def _repeat(x: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
     return x.repeat(k, *([1] * (x.dim() - 1)))
 
 
+class EgoKinematics:
+    """The car's own motion under the actions, by the simulator's kinematic model, from its
+    last real state: :meth:`step` returns its displacement (along, across the road) [m] as
+    a tensor that is zero in value and carries the exact gradient of the car's position
+    with respect to every action so far."""
+
+    def __init__(self, state: torch.Tensor, stats: dict):
+        s = denormalise_states(state.float(), stats)  # (B, 4) x, y, vx, vy
+        self.x, self.y = s[:, 0], s[:, 1]
+        self.v = s[:, 2:].norm(dim=1)
+        heading = torch.where(self.v[:, None] > 1e-3, s[:, 2:] / self.v[:, None].clamp_min(1e-3),
+                              torch.tensor([0.0, 1.0], device=s.device))
+        self.ux, self.uy = heading[:, 0], heading[:, 1]
+        self.stats = stats
+
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        """Apply (B, 2) normalised actions; (B, 2) displacement (along, across) [m]."""
+        a = denormalise_actions(action.float(), self.stats)
+        self.x, self.y, self.ux, self.uy, self.v = kinematic_step(
+            self.x, self.y, self.ux, self.uy, self.v, a[:, 0], a[:, 1], DT)
+        return torch.stack([self.y - self.y.detach(), self.x - self.x.detach()], 1)
+
+
 def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
             car_size: torch.Tensor, horizon: int, stats: dict, weights: CostWeights,
             z: Optional[torch.Tensor] = None, k_dropout: int = 1,
-            u_stats: Optional[dict] = None) -> dict:
+            u_stats: Optional[dict] = None, kinematic_gradient: bool = False) -> dict:
     """Unroll ``horizon`` steps.
 
     model: a ForwardModel (its parameters need no gradient; its train/eval mode is set here:
@@ -63,6 +89,12 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     Returns a dict of tensors: ``images`` (B, T, C, H, W), ``states`` (B, T, 4), ``actions``
     (B, T, 2), ``costs`` (B, T, 3) proximity/lane/off-road, and with K > 1 ``variances``
     (B, T, 3) and, given ``u_stats``, ``uncertainty`` (B, T).
+
+    ``kinematic_gradient``: the costs keep their values (the predicted images) but their
+    gradient with respect to the actions is taken through the car's own kinematics
+    (:class:`EgoKinematics`: the masks move with the car over the predicted image, which
+    is detached for the costs) instead of through the predicted pixels. The uncertainty
+    cost and the policy's inputs still go through the model.
     """
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
@@ -74,13 +106,17 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     model.train(k > 1)
     frames = list(images.unbind(1))
     size_k = _repeat(car_size, k)
+    ego = EgoKinematics(states[:, -1], stats) if kinematic_gradient else None
     out = {"images": [], "states": [], "actions": [], "costs": [], "variances": []}
     for t in range(horizon):
         hist = torch.stack(frames[-n:], 1)  # (B, n, C, H, W)
         action = actor(hist, states, t)  # (B, 2)
         zt = _repeat(z[:, t], k) if cfg.stochastic else None
         image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), zt)
-        costs = image_costs(image, speed_of(state, stats), size_k)  # (K*B, 3)
+        if ego is None:
+            costs = image_costs(image, speed_of(state, stats), size_k)  # (K*B, 3)
+        else:
+            costs = image_costs(image.detach(), speed_of(state, stats), size_k, _repeat(ego.step(action), k))
         if k > 1:
             image, state, costs = (x.view(k, b, *x.shape[1:]) for x in (image, state, costs))
             var = torch.stack([image.var(0).flatten(1).mean(1), state.var(0).mean(1),

@@ -62,6 +62,9 @@ class PolicyPreset:
     grad_clip: float
     k_dropout: int  # dropout samples of the uncertainty cost
     weights: CostWeights = field(default_factory=CostWeights)
+    # the costs' gradient with respect to the actions: through the predicted pixels
+    # (False) or through the car's own kinematics (True; see policy.rollout)
+    kinematic_gradient: bool = False
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
     val_every: int = 250
@@ -95,6 +98,8 @@ class TrainPolicyConfig:
     device: str = doc("cpu | cuda", "cpu", choices=["cpu", "cuda"])
     seed: int = doc("random seed (weights, batches, z)", 0)
     resume: bool = doc("continue from the checkpoint in --out", False)
+    init: Optional[str] = doc("start from the weights of this policy checkpoint (file or training "
+                              "folder, e.g. an il policy) instead of the untrained network", None)
     dataset: Optional[str] = doc("dataset folder (default: the model's)", None)
     out: Optional[str] = doc("output folder (default: <artifacts>/policies/<method>-<preset>-seed<S>)", None)
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
@@ -208,7 +213,8 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     w = preset.weights
     k = preset.k_dropout if method == "mpur" else 1
     r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
-                k_dropout=k, u_stats=u_stats if method == "mpur" else None)
+                k_dropout=k, u_stats=u_stats if method == "mpur" else None,
+                kinematic_gradient=preset.kinematic_gradient and method != "mper")
     costs = r["costs"]  # (B, T, 3)
     metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
     if method == "mper":
@@ -227,6 +233,20 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
 
 
 # ---------------------------------------------------------------------- training
+def init_weights(net: PolicyNet, path, device) -> None:
+    """Load the weights of the policy checkpoint at ``path`` into ``net`` (same network)."""
+    from .driver import load_policy
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--init: {path} does not exist")
+    source, _ = load_policy(path, device)
+    if source.config != net.config:
+        raise UserError(f"--init: {path} holds a different network ({source.config}); "
+                        f"this preset trains {net.config}")
+    net.load_state_dict(source.state_dict())
+
+
 def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) -> Path:
     """Train (or resume) as ``cfg`` says; return the folder holding ``checkpoint.pt``,
     ``best.pt`` and ``log.csv``. ``preset`` replaces the named preset (tests)."""
@@ -305,6 +325,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
     torch.manual_seed(cfg.seed)
     net = PolicyNet(preset.policy).to(device)
+    if cfg.init and resume_ckpt is None:
+        init_weights(net, cfg.init, device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
     n_pred = 1 if cfg.method == "il" else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)

@@ -14,7 +14,7 @@ from policy.net import PolicyConfig, PolicyNet
 from policy.rollout import CostWeights, discounted, rollout
 from traffic_sim import costs as sim_costs
 from traffic_sim.costs import ALONG_M, SAFE_MARGIN, SAFE_TIME
-from traffic_sim.raster import IMAGE_H, IMAGE_W, LANES_CHANNEL, OFFROAD_CHANNEL, VEHICLES_CHANNEL
+from traffic_sim.raster import IMAGE_H, IMAGE_W, LANES_CHANNEL, OFFROAD_CHANNEL, PX_PER_M, VEHICLES_CHANNEL
 from world_model.model import ForwardModel, ModelConfig
 
 TINY = ModelConfig(n_cond=4, n_feature=16, n_hidden=32, n_z=4)
@@ -96,6 +96,88 @@ def test_speed_is_detached_and_read_from_normalised_states():
     img[0, VEHICLES_CHANNEL, row_at(6.0), IMAGE_W // 2] = 1.0
     c = image_costs(img, speed, torch.tensor([[LENGTH, WIDTH]]))
     assert not c.requires_grad  # the image is a constant; the speed is detached
+
+
+def test_moving_the_mask_is_moving_the_car():
+    """A car 8 m ahead, seen from a car moved 2 m forward, costs what a car 6 m ahead costs;
+    moved sideways towards a car in the next lane, the cost rises."""
+    speed, size = torch.tensor([5.0]), torch.tensor([[LENGTH, WIDTH]])
+    far, near = blank(), blank()
+    far[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
+    near[0, VEHICLES_CHANNEL, row_at(8.0) + 3, IMAGE_W // 2] = 1.0  # 3 px nearer
+    shift = 3 / PX_PER_M  # [m] 3 px
+    moved = image_costs(far, speed, size, torch.tensor([[shift, 0.0]]))
+    assert float(moved[0, 0]) == pytest.approx(float(image_costs(near, speed, size)[0, 0]), abs=1e-4)
+    offset = torch.zeros(1, 2, requires_grad=True)
+    image_costs(far, speed, size, offset)[0, 0].backward()
+    assert offset.grad[0, 0] == pytest.approx(1.0 / (SAFE_TIME * 5.0 + SAFE_MARGIN))  # the ramp's slope
+    right = blank()
+    right[0, VEHICLES_CHANNEL, row_at(0.0), IMAGE_W // 2 + 5] = 1.0  # a car in the next lane, to the right
+    offset = torch.zeros(1, 2, requires_grad=True)
+    image_costs(right, speed, size, offset)[0, 0].backward()
+    assert offset.grad[0, 1] > 0 and offset.grad[0, 0] == 0  # alongside: only moving sideways matters
+    lane = blank()
+    lane[0, LANES_CHANNEL, :, IMAGE_W // 2 + 2] = 1.0  # a marking to the right
+    offset = torch.zeros(1, 2, requires_grad=True)
+    image_costs(lane, speed, size, offset)[0, 1].backward()
+    assert offset.grad[0, 1] > 0
+
+
+def test_kinematic_step_is_the_same_in_torch():
+    from traffic_sim.sim import kinematic_step
+
+    args = [np.array([1.0, 2.0]), np.array([5.0, 6.0]), np.array([0.1, 0.0]), np.array([0.995, 1.0]),
+            np.array([3.0, 0.1]), np.array([1.0, -2.0]), np.array([0.01, -0.02])]
+    ref = kinematic_step(*args)
+    out = kinematic_step(*[torch.tensor(a) for a in args])
+    for r, o in zip(ref, out):
+        np.testing.assert_allclose(o.numpy(), r, rtol=1e-12)
+
+
+class _StillModel:
+    """A stand-in forward model that always predicts the same image: a car ahead."""
+
+    def __init__(self, image, state):
+        self.config = dataclasses.replace(TINY, stochastic=False)
+        self.image, self.state = image, state
+
+    def train(self, mode=True):
+        return self
+
+    def predict(self, hist, states, action, z):
+        b = len(hist)
+        return self.image.expand(b, -1, -1, -1), self.state.expand(b, -1)
+
+
+def test_kinematic_gradient_of_the_cost_has_its_closed_form():
+    """Straight ahead at 5 m/s with a car 8 m ahead in every predicted image: the cost after
+    step t moves with the car's position, which the acceleration at step 0 changes by
+    dt^2 t (explicit Euler); so d cost / d a_0 = slope x sum_t gamma^t dt^2 t / T."""
+    from policy.rollout import CostWeights, discounted, rollout
+    from traffic_sim.sim import DT
+
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
+    stats = {"state_mean": [0.0, 0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 1.0, 1.0],
+             "action_mean": [0.0, 0.0], "action_std": [1.0, 1.0]}
+    state = torch.tensor([[0.0, 0.0, 0.0, 5.0]])
+    model = _StillModel(img, state)
+    actions = torch.zeros(1, 6, 2, requires_grad=True)
+    w = CostWeights(lane=0.0, offroad=0.0)
+    hist = torch.zeros(1, TINY.n_cond, 3, IMAGE_H, IMAGE_W)
+    r = rollout(model, lambda h, s, t: actions[:, t], hist, state.expand(1, TINY.n_cond, 4).clone(),
+                torch.tensor([[LENGTH, WIDTH]]), 6, stats, w, kinematic_gradient=True)
+    discounted(w.combine(r["costs"]), w.gamma).backward()
+    slope = 1.0 / (SAFE_TIME * 5.0 + SAFE_MARGIN)
+    expected = sum(w.gamma ** t * slope * DT ** 2 * t for t in range(6)) / 6
+    assert actions.grad[0, 0, 0] == pytest.approx(expected, rel=1e-4)
+    assert actions.grad[0, -1, 0] == 0  # the last action moves the car only after the last image
+    assert actions.grad[0, :, 1].abs().max() < 1e-6  # the car ahead is straight ahead
+    # through the pixels, an image that does not answer the actions gives no gradient at all
+    actions.grad = None
+    r = rollout(model, lambda h, s, t: actions[:, t], hist, state.expand(1, TINY.n_cond, 4).clone(),
+                torch.tensor([[LENGTH, WIDTH]]), 6, stats, w)
+    assert not r["costs"].requires_grad
 
 
 # ---------------------------------------------------------------------- unrolling
@@ -429,3 +511,40 @@ def test_mpur_on_a_deterministic_model_when_asked_for(trained, tmp_path):
     with pytest.raises(ValueError, match="needs a stochastic model"):  # svg keeps its model kind
         train_policy(TrainPolicyConfig(method="svg", preset="tiny", steps=1, quiet=True, val_episodes=0,
                                        model=str(trained["deterministic"]), out=str(tmp_path / "s")))
+
+
+def test_policy_sees_only_its_most_recent_states():
+    torch.manual_seed(0)
+    cfg = PolicyConfig(n_cond=4, n_feature=8, n_hidden=16, n_states=1)
+    net = PolicyNet(cfg)
+    torch.nn.init.normal_(net.head[-1].weight)  # the last layer starts at zero
+    images = torch.rand(2, 4, 3, IMAGE_H, IMAGE_W)
+    states = torch.randn(2, 4, 4)
+    older = states.clone()
+    older[:, :-1] += 5.0  # change everything but the current state
+    newer = states.clone()
+    newer[:, -1, 2:] += 1.0  # change the current velocity
+    out = net(images, states)
+    assert torch.equal(out, net(images, older))
+    assert not torch.allclose(out, net(images, newer))
+    full = PolicyNet(dataclasses.replace(cfg, n_states=4))
+    torch.nn.init.normal_(full.head[-1].weight)
+    assert not torch.allclose(full(images, states), full(images, older))
+
+
+def test_init_starts_from_another_policy(trained, tmp_path):
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.cli_util import UserError
+
+    il = train_policy(TrainPolicyConfig(method="il", preset="tiny", steps=4, quiet=True, val_episodes=0,
+                                        dataset=str(trained["dataset"]), out=str(tmp_path / "il")))
+    common = dict(method="svg", preset="tiny", quiet=True, model=str(trained["stochastic"]), val_episodes=0)
+    out = train_policy(TrainPolicyConfig(out=str(tmp_path / "svg"), steps=0, init=str(il), **common))
+    a, _ = load_policy(il / "checkpoint.pt")
+    b, ckpt = load_policy(out / "checkpoint.pt")
+    assert ckpt["train_config"]["init"] == str(il)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    with pytest.raises(UserError, match="does not exist"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), steps=0, init=str(tmp_path / "none"), **common))

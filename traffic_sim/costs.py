@@ -25,6 +25,7 @@ from .roads import LANE_WIDTH
 
 SAFE_TIME = 1.5  # [s] time headway of the safe distance
 SAFE_MARGIN = 1.0  # [m] added to the safe distance
+PROX_REACH = LANE_WIDTH  # [m] beyond half the car's width, where the mask falls to 0 sideways
 
 # Signed distances of pixel centres from the image centre [m]: ahead is positive.
 ALONG_M = (0.5 * IMAGE_H - (np.arange(IMAGE_H) + 0.5)) / PX_PER_M
@@ -44,7 +45,7 @@ def _profiles(speed, length, width):
     half_length = 0.5 * np.asarray(length, dtype=float)[:, None]
     safe = SAFE_TIME * np.abs(speed) + SAFE_MARGIN
     prox_along = _ramp(ALONG_M[None, :], half_length, safe)
-    prox_across = _ramp(ACROSS_M[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], LANE_WIDTH)
+    prox_across = _ramp(ACROSS_M[None, :], 0.5 * np.asarray(width, dtype=float)[:, None], PROX_REACH)
     lane_along = (np.abs(ALONG_M[None, :]) <= half_length).astype(float)
     return prox_along, prox_across, lane_along, _LANE_ACROSS
 

@@ -29,15 +29,17 @@ SIDE_MARGIN = 3.0  # [m] vehicles drawn if their centre line is within the image
 
 
 def kinematic_step(x, y, ux, uy, v, acc, steer, dt=DT):
-    """One step of the kinematic car model (arrays of any matching shape)."""
+    """One step of the kinematic car model (numpy arrays, or torch tensors, of any matching
+    shape: the learning code differentiates through the same step)."""
     x = x + v * ux * dt
     y = y + v * uy * dt
     k = steer * v * dt
     nx, ny = uy, -ux  # right-hand normal in the (lateral, longitudinal) frame
     ux2 = ux + nx * k
     uy2 = uy + ny * k
-    norm = np.hypot(ux2, uy2)
-    v = np.maximum(v + acc * dt, 0.0)
+    norm = (ux2 * ux2 + uy2 * uy2) ** 0.5
+    v = v + acc * dt
+    v = v.clamp_min(0.0) if hasattr(v, "clamp_min") else np.maximum(v, 0.0)
     return x, y, ux2 / norm, uy2 / norm, v
 
 
