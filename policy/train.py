@@ -104,6 +104,11 @@ class TrainPolicyConfig:
     out: Optional[str] = doc("output folder (default: <artifacts>/policies/<method>-<preset>-seed<S>)", None)
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
     lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
+    n_states: Optional[int] = doc("how many of the most recent states the policy sees, 1-20 (default: "
+                                  "the preset's, 20; 1 keeps it from copying its past speed)", None)
+    kinematic_gradient: Optional[bool] = doc(
+        "take the costs' gradient through the car's kinematics instead of through the predicted "
+        "pixels (default: the preset's, off)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -266,6 +271,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = dataclasses.replace(preset, weights=dataclasses.replace(preset.weights, uncertainty=cfg.lambda_u))
     if cfg.val_episodes is not None:
         preset = dataclasses.replace(preset, val_episodes=cfg.val_episodes)
+    if cfg.n_states is not None:
+        if not 1 <= cfg.n_states <= preset.policy.n_cond:
+            raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
+    if cfg.kinematic_gradient is not None:
+        preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")

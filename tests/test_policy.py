@@ -548,3 +548,11 @@ def test_init_starts_from_another_policy(trained, tmp_path):
         assert torch.equal(x, y), k
     with pytest.raises(UserError, match="does not exist"):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), steps=0, init=str(tmp_path / "none"), **common))
+    # a policy that sees one state is another network: it cannot start one that sees all
+    il1 = train_policy(TrainPolicyConfig(method="il", preset="tiny", steps=0, quiet=True, val_episodes=0, n_states=1,
+                                         dataset=str(trained["dataset"]), out=str(tmp_path / "il1")))
+    assert load_policy(il1 / "checkpoint.pt")[1]["policy_config"]["n_states"] == 1
+    with pytest.raises(UserError, match="different network"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "y"), steps=0, init=str(il1), **common))
+    with pytest.raises(UserError, match="--n-states"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "z"), steps=0, n_states=0, **common))
