@@ -15,6 +15,7 @@ def test_core_modules_import_without_gymnasium_and_pygame():
         "import traffic_sim.viewer\n"  # imports pygame only to draw
         "import data.build, data.dataset, world_model.model, world_model.train\n"
         "import world_model.evaluate\n"
+        "import policy.costs, policy.rollout, policy.net, policy.train, policy.driver, policy.mpc\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
