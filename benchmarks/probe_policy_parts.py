@@ -40,10 +40,10 @@ class Mixed:
 
     def __call__(self, obs, states, cars):
         actions = np.array(self.driver(obs, states, cars), dtype=float)
-        if self.column is not None:
-            other = (np.zeros_like(actions) if self.source == "none"
-                     else builtin_actions(self.sim, cars, "follow"))
-            actions[:, self.column] = other[:, self.column]
+        if self.source == "none":
+            actions[:, self.column] = 0.0
+        elif self.source == "follow":
+            actions[:, self.column] = builtin_actions(self.sim, cars, "follow")[:, self.column]
         return actions
 
 
