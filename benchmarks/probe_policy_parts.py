@@ -50,7 +50,8 @@ class Mixed:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("policies", nargs="+", help="policy checkpoints (files or training folders)")
-    ap.add_argument("--split", default="val", help="split of the policy's dataset (default: val)")
+    ap.add_argument("--split", default="val", choices=["train", "val", "test"],
+                    help="split of the policy's dataset (default: val)")
     ap.add_argument("--episodes", type=int, default=None, help="first N episodes of the split (default: all)")
     args = ap.parse_args()
     _, ckpt = load_policy(args.policies[0])
