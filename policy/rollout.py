@@ -22,7 +22,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from data.dataset import denormalise_actions, denormalise_states
+from data.dataset import denormalise_actions, denormalise_states, normalise_states
+from traffic_sim.raster import PX_PER_M
 from traffic_sim.sim import DT, kinematic_step
 
 from .costs import image_costs, speed_of
@@ -71,6 +72,24 @@ class EgoKinematics:
         self.x, self.y, self.ux, self.uy, self.v = kinematic_step(
             self.x, self.y, self.ux, self.uy, self.v, a[:, 0], a[:, 1], DT)
         return torch.stack([self.y - self.y.detach(), self.x - self.x.detach()], 1)
+
+    def state(self) -> torch.Tensor:
+        """(B, 4) the car's state x, y, vx, vy, normalised as the model's states are."""
+        s = torch.stack([self.x, self.y, self.v * self.ux, self.v * self.uy], 1)
+        return normalise_states(s, self.stats)
+
+
+def shift_images(images: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) state images re-centred on a car displaced by ``offset`` (N, 2) [m]
+    (along the road, ahead positive; across it, right positive) from the image centre, by
+    bilinear resampling; what lay outside the image is empty."""
+    n, _, h, w = images.shape
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = offset[:, 1].to(images.dtype) * (2.0 * PX_PER_M / w)  # columns: right
+    theta[:, 1, 2] = -offset[:, 0].to(images.dtype) * (2.0 * PX_PER_M / h)  # rows: ahead is up
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
@@ -133,6 +152,49 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     if k > 1 and u_stats is not None:
         result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)
     return result
+
+
+def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
+                      car_size: torch.Tensor, horizon: int, stats: dict,
+                      expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None) -> dict:
+    """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
+    the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
+    normalised), without gradient, as the replay simulator's vehicles, which do not react to
+    the controlled car; the policy's car moves by the kinematic model from the same start,
+    and its offset from the recorded car's kinematic path places the cost masks over the
+    predicted images (value and gradient) and re-centres the images the policy sees
+    (:func:`shift_images`). The states the policy sees are its car's own (with gradient).
+
+    Same arguments and result as :func:`rollout` (``images``: what the policy saw), plus
+    ``offsets`` (B, T, 2) [m]. No uncertainty: the predicted world does not depend on the
+    policy's actions.
+    """
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    b, n = images.shape[:2]
+    expert_actions = expert_actions[:, :horizon].detach()
+    with torch.no_grad():
+        world = rollout(model, lambda hist, st, t: expert_actions[:, t], images, states, car_size,
+                        horizon, stats, CostWeights(), z=z)["images"]  # (B, T, C, H, W)
+    ego = EgoKinematics(states[:, -1], stats)
+    path = EgoKinematics(states[:, -1], stats)  # the recorded car, which the images follow
+    frames = list(images.unbind(1))
+    out = {"images": [], "states": [], "actions": [], "costs": [], "offsets": []}
+    for t in range(horizon):
+        action = actor(torch.stack(frames[-n:], 1), states, t)  # (B, 2)
+        ego.step(action)
+        with torch.no_grad():
+            path.step(expert_actions[:, t])
+        offset = torch.stack([ego.y - path.y, ego.x - path.x], 1)  # (B, 2) along, across [m]
+        costs = image_costs(world[:, t], ego.v, car_size, offset)
+        view = shift_images(world[:, t], offset.detach())
+        state = ego.state()
+        for key, value in (("images", view), ("states", state), ("actions", action),
+                           ("costs", costs), ("offsets", offset)):
+            out[key].append(value)
+        frames.append(view)
+        states = torch.cat([states[:, 1:], state[:, None]], 1)
+    return {key: torch.stack(v, 1) for key, v in out.items()}
 
 
 def uncertainty_cost(variances: torch.Tensor, u_stats: dict, hinge: float) -> torch.Tensor:

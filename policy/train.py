@@ -42,7 +42,7 @@ from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, Progress, a
 
 from .driver import BEST, POLICY_KIND, Driver
 from .net import PolicyConfig, PolicyNet
-from .rollout import CostWeights, discounted, expert_uncertainty_stats, rollout
+from .rollout import CostWeights, discounted, expert_uncertainty_stats, rollout, rollout_separated
 
 METHODS = ("mpur", "svg", "vg", "mper", "il")
 METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic",
@@ -65,6 +65,9 @@ class PolicyPreset:
     # the costs' gradient with respect to the actions: through the predicted pixels
     # (False) or through the car's own kinematics (True; see policy.rollout)
     kinematic_gradient: bool = False
+    # the world separated from the car: the model predicts the traffic along the recorded
+    # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
+    separate_ego: bool = False
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
     val_every: int = 250
@@ -109,6 +112,10 @@ class TrainPolicyConfig:
     kinematic_gradient: Optional[bool] = doc(
         "take the costs' gradient through the car's kinematics instead of through the predicted "
         "pixels (default: the preset's, off)", None)
+    separate_ego: Optional[bool] = doc(
+        "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
+        "recorded car's path, which does not react to the policy, and the policy's car moves among "
+        "it by its kinematics; there is then no uncertainty cost (default: the preset's, off)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -216,10 +223,14 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         return net(hist, st)
 
     w = preset.weights
-    k = preset.k_dropout if method == "mpur" else 1
-    r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
-                k_dropout=k, u_stats=u_stats if method == "mpur" else None,
-                kinematic_gradient=preset.kinematic_gradient and method != "mper")
+    if preset.separate_ego:
+        r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
+                              batch["actions"][:, n - 1:n - 1 + preset.horizon])
+    else:
+        k = preset.k_dropout if method == "mpur" else 1
+        r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
+                    k_dropout=k, u_stats=u_stats if method == "mpur" else None,
+                    kinematic_gradient=preset.kinematic_gradient and method != "mper")
     costs = r["costs"]  # (B, T, 3)
     metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
     if method == "mper":
@@ -229,7 +240,7 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         metrics["imitation"] = loss.detach()
     else:
         per_step = w.combine(costs)  # (B, T)
-        if method == "mpur":
+        if "uncertainty" in r:
             per_step = per_step + w.uncertainty * r["uncertainty"]
             metrics["uncertainty"] = r["uncertainty"].mean().detach()
         loss = discounted(per_step, w.gamma)
@@ -277,6 +288,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
     if cfg.kinematic_gradient is not None:
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
+    if cfg.separate_ego is not None:
+        preset = dataclasses.replace(preset, separate_ego=cfg.separate_ego)
+    if preset.separate_ego and cfg.method in ("mper", "il"):
+        raise UserError(f"--separate-ego applies to mpur, svg and vg, not {cfg.method}")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")

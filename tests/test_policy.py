@@ -180,6 +180,61 @@ def test_kinematic_gradient_of_the_cost_has_its_closed_form():
     assert not r["costs"].requires_grad
 
 
+def test_shift_images_by_whole_pixels_is_a_roll_with_an_empty_edge():
+    from policy.rollout import shift_images
+
+    img = torch.rand(2, 3, IMAGE_H, IMAGE_W)
+    # car 1: 3 px ahead and 2 px to the right of the centre; car 2: 1 px behind, 1 px left
+    out = shift_images(img, torch.tensor([[3.0, 2.0], [-1.0, -1.0]]) / PX_PER_M)
+    ref0 = torch.zeros_like(img[0])
+    ref0[:, 3:, :-2] = img[0, :, :-3, 2:]  # what was 3 rows up and 2 columns right
+    ref1 = torch.zeros_like(img[1])
+    ref1[:, :-1, 1:] = img[1, :, 1:, :-1]
+    torch.testing.assert_close(out[0], ref0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], ref1, atol=1e-5, rtol=0)
+
+
+def test_separated_rollout_places_the_car_among_a_world_that_does_not_react():
+    """A car 8 m ahead in every predicted image (the world along the recorded car's path,
+    which keeps its speed: expert action 0); the policy's car accelerates at 1 m/s^2. After
+    step t it is sum_{s<t} s dt^2 = dt^2 t(t+1)/2 m ahead of the recorded car: the cost is the
+    mask at 8 m minus that, and its gradient with respect to the first action is that of the
+    offset; the images the policy sees are the predictions moved back by the offset."""
+    from policy.rollout import rollout_separated
+    from traffic_sim.sim import DT
+
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
+    stats = {"state_mean": [0.0, 0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 1.0, 1.0],
+             "action_mean": [0.0, 0.0], "action_std": [1.0, 1.0]}
+    state = torch.tensor([[0.0, 0.0, 0.0, 5.0]])
+    model = _StillModel(img, state)
+    actions = torch.tensor([[[1.0, 0.0]] * 6], requires_grad=True)
+    seen = []
+
+    def actor(hist, states, t):
+        seen.append(states[:, -1].detach())
+        return actions[:, t]
+
+    hist = torch.zeros(1, TINY.n_cond, 3, IMAGE_H, IMAGE_W)
+    r = rollout_separated(model, actor, hist, state.expand(1, TINY.n_cond, 4).clone(),
+                          torch.tensor([[LENGTH, WIDTH]]), 6, stats, torch.zeros(1, 6, 2))
+    ahead = np.array([DT ** 2 * t * (t + 1) / 2 for t in range(6)])
+    np.testing.assert_allclose(r["offsets"][0, :, 0].detach().numpy(), ahead, atol=1e-6)
+    assert r["offsets"][0, :, 1].abs().max() < 1e-9
+    speed = 5.0 + DT * np.arange(1, 7)  # after each action
+    pixel = ALONG_M[row_at(8.0)]
+    expected = 1.0 - (pixel - ahead - 0.5 * LENGTH) / (SAFE_TIME * speed + SAFE_MARGIN)
+    np.testing.assert_allclose(r["costs"][0, :, 0].detach().numpy(), expected, rtol=1e-5)
+    r["costs"][0, -1, 0].backward()
+    # d cost_5 / d a_0 = d offset_5 / d a_0 / safe distance = 5 dt^2 / safe distance
+    assert actions.grad[0, 0, 0] == pytest.approx(5 * DT ** 2 / (SAFE_TIME * speed[-1] + SAFE_MARGIN), rel=1e-4)
+    # the policy sees its own speed, and the car ahead closer by the offset
+    assert seen[-1][0, 3] == pytest.approx(speed[-2])
+    row = torch.argmax(r["images"][0, -1, VEHICLES_CHANNEL, :, IMAGE_W // 2]).item()
+    assert ALONG_M[row] == pytest.approx(pixel - ahead[-1], abs=0.5 / PX_PER_M)
+
+
 # ---------------------------------------------------------------------- unrolling
 def randomised(model, seed=1):
     torch.manual_seed(seed)
