@@ -29,7 +29,8 @@ def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
 
 
 def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor,
-                offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+                offset: Optional[torch.Tensor] = None,
+                rear_speed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Costs of cars from their state images.
 
     images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
@@ -52,7 +53,11 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     if offset is not None:
         offset = offset.reshape(-1, 2).to(img.dtype)
         along, across = along - offset[:, :1], across - offset[:, 1:]  # from the moved car
-    prox_along = _ramp(along, half_length, SAFE_TIME * speed + SAFE_MARGIN)  # (N, H)
+    safe = SAFE_TIME * speed + SAFE_MARGIN  # (N, 1)
+    if rear_speed is not None:
+        safe_rear = SAFE_TIME * rear_speed.reshape(-1, 1).detach().abs().float() + SAFE_MARGIN
+        safe = torch.where(along >= 0, safe, safe_rear)  # (N, H)
+    prox_along = _ramp(along, half_length, safe)  # (N, H)
     prox_across = _ramp(across, half_width, PROX_REACH)  # (N, W)
     lane_across = _ramp(across, 0.0, LANE_HALF)  # (N or 1, W)
     vehicles = img[:, VEHICLES_CHANNEL]  # (N, H, W)

@@ -68,6 +68,7 @@ class PolicyPreset:
     # the world separated from the car: the model predicts the traffic along the recorded
     # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
     separate_ego: bool = False
+    world: str = "model"  # with separate_ego: the traffic predicted by the model, or "recorded"
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
     val_every: int = 250
@@ -224,8 +225,9 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
 
     w = preset.weights
     if preset.separate_ego:
+        recorded = batch["images"][:, n:n + preset.horizon] if preset.world == "recorded" else None
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
-                              batch["actions"][:, n - 1:n - 1 + preset.horizon])
+                              batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded)
     else:
         k = preset.k_dropout if method == "mpur" else 1
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,

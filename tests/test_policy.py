@@ -123,6 +123,22 @@ def test_moving_the_mask_is_moving_the_car():
     assert offset.grad[0, 1] > 0
 
 
+def test_rear_speed_sets_the_safe_distance_behind_only():
+    """A stopped car with a vehicle 6 m behind and one 6 m ahead: by its own speed both are
+    beyond its safe distance (1 m); with the traffic behind at 5 m/s, the one behind costs
+    1 - (6 - L/2) / (1.5 s x 5 m/s + 1 m) and the one ahead still nothing."""
+    size = torch.tensor([[LENGTH, WIDTH]])
+    for d in (-6.0, 6.0):
+        img = blank()
+        img[0, VEHICLES_CHANNEL, row_at(d), IMAGE_W // 2] = 1.0
+        d_px = abs(ALONG_M[row_at(d)])
+        own = image_costs(img, torch.tensor([0.0]), size)[0, 0]
+        rear = image_costs(img, torch.tensor([0.0]), size, rear_speed=torch.tensor([5.0]))[0, 0]
+        assert own == 0.0
+        expected = 1.0 - (d_px - 0.5 * LENGTH) / (SAFE_TIME * 5.0 + SAFE_MARGIN) if d < 0 else 0.0
+        assert rear.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_kinematic_step_is_the_same_in_torch():
     from traffic_sim.sim import kinematic_step
 
@@ -611,3 +627,19 @@ def test_init_starts_from_another_policy(trained, tmp_path):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "y"), steps=0, init=str(il1), **common))
     with pytest.raises(UserError, match="--n-states"):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "z"), steps=0, n_states=0, **common))
+
+
+def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs(trained, tmp_path):
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.cli_util import UserError
+
+    common = dict(preset="tiny", quiet=True, val_episodes=0, separate_ego=True)
+    out = train_policy(TrainPolicyConfig(method="mpur", steps=3, model=str(trained["stochastic"]),
+                                         out=str(tmp_path / "m"), **common))
+    net, ckpt = load_policy(out / "checkpoint.pt")
+    assert ckpt["preset"]["separate_ego"] is True and ckpt["step"] == 3
+    assert any(p.abs().sum() > 0 for p in net.head[-1].parameters())  # it learned something
+    with pytest.raises(UserError, match="--separate-ego"):
+        train_policy(TrainPolicyConfig(method="il", steps=1, dataset=str(trained["dataset"]),
+                                       out=str(tmp_path / "i"), **common))
