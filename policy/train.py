@@ -107,6 +107,8 @@ class TrainPolicyConfig:
     dataset: Optional[str] = doc("dataset folder (default: the model's)", None)
     out: Optional[str] = doc("output folder (default: <artifacts>/policies/<method>-<preset>-seed<S>)", None)
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
+    horizon: Optional[int] = doc("unrolled steps of 0.1 s (default: the preset's)", None)
+    grad_clip: Optional[float] = doc("gradient-norm clip (default: the preset's)", None)
     lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
     n_states: Optional[int] = doc("how many of the most recent states the policy sees, 1-20 (default: "
                                   "the preset's, 20; 1 keeps it from copying its past speed)", None)
@@ -117,6 +119,10 @@ class TrainPolicyConfig:
         "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
         "recorded car's path, which does not react to the policy, and the policy's car moves among "
         "it by its kinematics; there is then no uncertainty cost (default: the preset's, off)", None)
+    world: Optional[str] = doc(
+        "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
+        "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "
+        "perfect model would give; default: the preset's, model)", None, choices=["model", "recorded"])
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -288,10 +294,22 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 1 <= cfg.n_states <= preset.policy.n_cond:
             raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
+    if cfg.horizon is not None:
+        if cfg.horizon < 1:
+            raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
+        preset = dataclasses.replace(preset, horizon=cfg.horizon)
+    if cfg.grad_clip is not None:
+        if not cfg.grad_clip > 0:
+            raise UserError(f"--grad-clip must be positive, got {cfg.grad_clip}")
+        preset = dataclasses.replace(preset, grad_clip=cfg.grad_clip)
     if cfg.kinematic_gradient is not None:
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
     if cfg.separate_ego is not None:
         preset = dataclasses.replace(preset, separate_ego=cfg.separate_ego)
+    if cfg.world is not None:
+        preset = dataclasses.replace(preset, world=cfg.world)
+    if preset.world != "model" and not preset.separate_ego:
+        raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):
         raise UserError(f"--separate-ego applies to mpur, svg and vg, not {cfg.method}")
     device = torch.device(cfg.device)
@@ -359,7 +377,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     n_pred = 1 if cfg.method == "il" else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
     u_stats = None
-    if cfg.method == "mpur":
+    if cfg.method == "mpur" and not preset.separate_ego:
         u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(
             model, model_path, model_step, sampler_factory, stats, preset, cfg.quiet)
     validation = None
