@@ -165,6 +165,17 @@ class _StillModel:
         return self.image.expand(b, -1, -1, -1), self.state.expand(b, -1)
 
 
+def _car_ahead_at_8m():
+    """A model that always predicts a car 8 m ahead, a car at 5 m/s straight along the road,
+    and statistics that leave states and actions as they are."""
+    img = blank()
+    img[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
+    stats = {"state_mean": [0.0, 0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 1.0, 1.0],
+             "action_mean": [0.0, 0.0], "action_std": [1.0, 1.0]}
+    state = torch.tensor([[0.0, 0.0, 0.0, 5.0]])
+    return _StillModel(img, state), state, stats
+
+
 def test_kinematic_gradient_of_the_cost_has_its_closed_form():
     """Straight ahead at 5 m/s with a car 8 m ahead in every predicted image: the cost after
     step t moves with the car's position, which the acceleration at step 0 changes by
@@ -172,12 +183,7 @@ def test_kinematic_gradient_of_the_cost_has_its_closed_form():
     from policy.rollout import CostWeights, discounted, rollout
     from traffic_sim.sim import DT
 
-    img = blank()
-    img[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
-    stats = {"state_mean": [0.0, 0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 1.0, 1.0],
-             "action_mean": [0.0, 0.0], "action_std": [1.0, 1.0]}
-    state = torch.tensor([[0.0, 0.0, 0.0, 5.0]])
-    model = _StillModel(img, state)
+    model, state, stats = _car_ahead_at_8m()
     actions = torch.zeros(1, 6, 2, requires_grad=True)
     w = CostWeights(lane=0.0, offroad=0.0)
     hist = torch.zeros(1, TINY.n_cond, 3, IMAGE_H, IMAGE_W)
@@ -219,12 +225,7 @@ def test_separated_rollout_places_the_car_among_a_world_that_does_not_react():
     from policy.rollout import rollout_separated
     from traffic_sim.sim import DT
 
-    img = blank()
-    img[0, VEHICLES_CHANNEL, row_at(8.0), IMAGE_W // 2] = 1.0
-    stats = {"state_mean": [0.0, 0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 1.0, 1.0],
-             "action_mean": [0.0, 0.0], "action_std": [1.0, 1.0]}
-    state = torch.tensor([[0.0, 0.0, 0.0, 5.0]])
-    model = _StillModel(img, state)
+    model, state, stats = _car_ahead_at_8m()
     actions = torch.tensor([[[1.0, 0.0]] * 6], requires_grad=True)
     seen = []
 
