@@ -157,7 +157,7 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
 def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
                       car_size: torch.Tensor, horizon: int, stats: dict,
                       expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None,
-                      rear_from_path: bool = True, world: Optional[torch.Tensor] = None) -> dict:
+                      world: Optional[torch.Tensor] = None) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -168,9 +168,9 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
 
     Same arguments and result as :func:`rollout` (``images``: what the policy saw), plus
     ``offsets`` (B, T, 2) [m]. No uncertainty: the predicted world does not depend on the
-    policy's actions. ``rear_from_path``: the safe distance behind the car is set by the
-    faster of the car and the recorded car (the speed of the traffic it drove in), not by
-    the car alone (see :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C, H,
+    policy's actions. The safe distance behind the car is set by the faster of the car and
+    the recorded car (the speed of the traffic it drove in), not by the car alone (see
+    :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C, H,
     W): images of the traffic along the recorded car's path to use instead of the model's
     predictions (e.g. the recorded ones: the replay simulator itself, made differentiable).
     """
@@ -194,8 +194,7 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         with torch.no_grad():
             path.step(expert_actions[:, t])
         offset = torch.stack([ego.y - path.y, ego.x - path.x], 1)  # (B, 2) along, across [m]
-        costs = image_costs(world[:, t], ego.v, car_size, offset,
-                            rear_speed=torch.maximum(ego.v, path.v) if rear_from_path else None)
+        costs = image_costs(world[:, t], ego.v, car_size, offset, rear_speed=torch.maximum(ego.v, path.v))
         view = shift_images(world[:, t], offset.detach())
         state = ego.state()
         for key, value in (("images", view), ("states", state), ("actions", action),
