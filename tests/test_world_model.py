@@ -333,6 +333,45 @@ def test_checkpoint_holds_plain_config_and_loads_weights_only(dataset_dir, tmp_p
     assert not model.training and not model.config.stochastic
 
 
+def test_fine_tune_on_longer_windows(dataset_dir, tmp_path):
+    """--warm-start of the model's own kind copies every weight; --n-pred, --batch-size and
+    --lr replace the preset's and are kept in the checkpoint, so --resume keeps them too."""
+    from traffic_sim.cli_util import UserError
+
+    base = TrainConfig(model="stochastic", preset="tiny", dataset=str(dataset_dir), quiet=True)
+    src = train_model(dataclasses.replace(base, out=str(tmp_path / "src"), steps=2), QUICK)
+    tuned = dataclasses.replace(base, out=str(tmp_path / "long"), warm_start=str(src), n_pred=5,
+                                batch_size=3, lr=3e-5, steps=0)
+    path = train_model(tuned, QUICK)
+    ckpt = load_checkpoint(path)
+    assert ckpt["warm_start"] == str(src) and ckpt["step"] == 0
+    for name, value in _params(src).items():  # posterior and z projection included
+        assert torch.equal(ckpt["model"][name], value), name
+    assert (ckpt["preset"]["n_pred"], ckpt["preset"]["batch_size"]) == (5, 3)
+    seen = []
+    from data import dataset as data_module
+
+    original = data_module.WindowSampler.sample
+
+    def recording_sample(self):
+        batch = original(self)
+        seen.append(tuple(batch["images"].shape[:2]))
+        return batch
+
+    data_module.WindowSampler.sample = recording_sample
+    try:
+        path = train_model(dataclasses.replace(tuned, steps=2, resume=True))
+    finally:
+        data_module.WindowSampler.sample = original
+    assert seen == [(3, QUICK.model.n_cond + 5)] * 2  # the resumed run keeps the override
+    assert load_checkpoint(path)["optimizer"]["param_groups"][0]["lr"] == 3e-5
+    with pytest.raises(UserError, match="cannot start a deterministic"):
+        train_model(dataclasses.replace(base, model="deterministic", out=str(tmp_path / "d"),
+                                        warm_start=str(src)), QUICK)
+    with pytest.raises(UserError, match="--n-pred must be at least 1"):
+        train_model(dataclasses.replace(base, out=str(tmp_path / "x"), n_pred=0), QUICK)
+
+
 def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     from world_model.evaluate import EvalModelConfig, eval_model
     from world_model.train import default_out

@@ -124,6 +124,8 @@ def eval_model(cfg: EvalModelConfig) -> tuple:
     warm = None  # the deterministic model a stochastic one started from, for the figure
     if mcfg.stochastic and ckpt.get("warm_start") and Path(ckpt["warm_start"]).exists():
         warm, _ = load_model(ckpt["warm_start"], device)
+        if warm.config.stochastic:  # a fine-tuned stochastic model: no deterministic row
+            warm = None
 
     per_window = {}  # (method, k) -> {error: list of (B, T) tensors}
     figure_data = None

@@ -125,8 +125,14 @@ class TrainConfig:
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
     seed: int = doc("random seed (weights, batches, dropout, z)", 0)
     warm_start: Optional[str] = doc(
-        "deterministic checkpoint to start the stochastic model from "
-        "(default: <artifacts>/models/deterministic-<preset> if it exists)", None)
+        "checkpoint to start from: for the stochastic model a deterministic one (default: "
+        "<artifacts>/models/deterministic-<preset> if it exists), or a model of the same kind "
+        "and architecture to fine-tune (e.g. on longer windows with --n-pred)", None)
+    n_pred: Optional[int] = doc("predicted frames per training window (default: the preset's; "
+                                "longer windows teach the model to keep the vehicles over "
+                                "long unrolls)", None)
+    batch_size: Optional[int] = doc("windows per batch (default: the preset's)", None)
+    lr: Optional[float] = doc("Adam learning rate (default: the preset's for the model)", None)
     precision: str = doc("auto (bf16 on cuda and on CPUs with native bf16) | fp32 | bf16", "auto",
                          choices=["auto", "fp32", "bf16"])
     threads: Optional[int] = doc("CPU threads (default: torch's choice, one per core)", None)
@@ -378,6 +384,11 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         raise UserError(f"--model must be deterministic or stochastic, got {cfg.model!r}")
     if cfg.steps is not None and cfg.steps < 0:
         raise UserError(f"--steps must be at least 0, got {cfg.steps}")
+    for name in ("n_pred", "batch_size"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
@@ -395,6 +406,8 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         preset = preset_from_dict(resume_ckpt["preset"])
     elif ckpt_path.is_file():
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+    else:  # the overrides are stored in the checkpoint's preset, so --resume keeps them
+        preset = _override(preset, cfg)
     preset_steps = preset.steps
     if cfg.model == "stochastic" and preset.steps_stochastic is not None:
         preset_steps = preset.steps_stochastic
@@ -432,7 +445,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         progress = Progress(int(resume_ckpt["step"]), float(resume_ckpt["seconds"]))
         warm_from = resume_ckpt.get("warm_start")
         set_rng_state(resume_ckpt["rng"], train_sampler, device)
-    elif model_cfg.stochastic:
+    elif model_cfg.stochastic or cfg.warm_start:
         warm_from = _warm_start(model, cfg, model_cfg, device)
 
     def checkpoint(val: Optional[dict] = None) -> None:
@@ -483,8 +496,21 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
     return ckpt_path
 
 
+def _override(preset: Preset, cfg: TrainConfig) -> Preset:
+    """The preset with the window length, batch size and learning rate the command line gives."""
+    if cfg.n_pred is not None:
+        preset = dataclasses.replace(preset, n_pred=cfg.n_pred)
+    if cfg.batch_size is not None:
+        preset = dataclasses.replace(preset, batch_size=cfg.batch_size)
+    if cfg.lr is not None:
+        preset = dataclasses.replace(preset, lr=cfg.lr, lr_stochastic=cfg.lr)
+    return preset
+
+
 def _warm_start(model: ForwardModel, cfg: TrainConfig, model_cfg: ModelConfig, device) -> Optional[str]:
-    """Load the deterministic weights into a fresh stochastic model; return their path."""
+    """Load the weights of another checkpoint into the fresh model; return its path. A
+    deterministic one starts the stochastic model (its posterior and z projection are new);
+    one of the model's own kind is fine-tuned (every weight copied)."""
     path = Path(cfg.warm_start) if cfg.warm_start else default_out("deterministic", cfg.preset) / CHECKPOINT
     if not path.exists():
         if cfg.warm_start:
@@ -494,13 +520,17 @@ def _warm_start(model: ForwardModel, cfg: TrainConfig, model_cfg: ModelConfig, d
         return None
     ckpt = load_checkpoint(path, map_location=device)
     theirs = ModelConfig.from_dict(ckpt["model_config"])
-    if dataclasses.replace(theirs, stochastic=True, n_z=model_cfg.n_z, beta=model_cfg.beta,
-                           z_dropout=model_cfg.z_dropout) != model_cfg:
+    if theirs.stochastic and not model_cfg.stochastic:
+        raise UserError(f"--warm-start {path}: a stochastic model cannot start a deterministic one")
+    if theirs.stochastic != model_cfg.stochastic:  # deterministic -> stochastic: z is new
+        theirs = dataclasses.replace(theirs, stochastic=True, n_z=model_cfg.n_z, beta=model_cfg.beta,
+                                     z_dropout=model_cfg.z_dropout)
+    if theirs != model_cfg:
         raise UserError(f"--warm-start {path}: its architecture differs from the preset's")
     missing = model.load_deterministic(ckpt["model"])
     if not cfg.quiet:
         print(f"warm start from {path} (step {ckpt['step']}); new: "
-              f"{', '.join(sorted({m.split('.')[0] for m in missing}))}")
+              f"{', '.join(sorted({m.split('.')[0] for m in missing})) or 'none'}")
     return str(path)
 
 
