@@ -109,6 +109,7 @@ class TrainPolicyConfig:
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
     horizon: Optional[int] = doc("unrolled steps of 0.1 s (default: the preset's)", None)
     grad_clip: Optional[float] = doc("gradient-norm clip (default: the preset's)", None)
+    lr: Optional[float] = doc("Adam learning rate (default: the preset's)", None)
     lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
     n_states: Optional[int] = doc("how many of the most recent states the policy sees, 1-20 (default: "
                                   "the preset's, 20; 1 keeps it from copying its past speed)", None)
@@ -302,6 +303,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not cfg.grad_clip > 0:
             raise UserError(f"--grad-clip must be positive, got {cfg.grad_clip}")
         preset = dataclasses.replace(preset, grad_clip=cfg.grad_clip)
+    if cfg.lr is not None:
+        if not cfg.lr > 0:
+            raise UserError(f"--lr must be positive, got {cfg.lr}")
+        preset = dataclasses.replace(preset, lr=cfg.lr)
     if cfg.kinematic_gradient is not None:
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
     if cfg.separate_ego is not None:

@@ -643,15 +643,18 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     assert any(p.abs().sum() > 0 for p in net.head[-1].parameters())  # it learned something
     assert ckpt["u_stats"] is None  # no uncertainty cost: the world does not answer the actions
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=1.0, out=str(tmp_path / "r"), **common))
+                                         horizon=3, grad_clip=1.0, lr=2e-4, out=str(tmp_path / "r"), **common))
     preset = load_policy(rec / "checkpoint.pt")[1]["preset"]
-    assert (preset["world"], preset["horizon"], preset["grad_clip"]) == ("recorded", 3, 1.0)
+    assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 1.0, 2e-4)
     with pytest.raises(UserError, match="--separate-ego"):
         train_policy(TrainPolicyConfig(method="il", steps=1, dataset=str(trained["dataset"]),
                                        out=str(tmp_path / "i"), **common))
     with pytest.raises(UserError, match="--horizon"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), horizon=0,
                                        out=str(tmp_path / "h"), **common))
+    with pytest.raises(UserError, match="--lr"):
+        train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), lr=0.0,
+                                       out=str(tmp_path / "l"), **common))
     with pytest.raises(UserError, match="--world applies"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), world="recorded",
                                        out=str(tmp_path / "w"), **{**common, "separate_ego": False}))

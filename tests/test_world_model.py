@@ -416,10 +416,31 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     for err in ("image_mse", "pos_err_m"):
         k1, k4, k8 = (mean(f"model, best of {k}", err) for k in (1, 4, 8))
         assert k8 < k1 and k4 <= k1 and k8 <= k4, (err, k1, k4, k8)
+    # the vehicles' mass is the first draw's for every K (it is not an error to minimise)
+    kept = {k: [r["vehicles_kept"] for r in rows if r["method"] == f"model, best of {k}"] for k in (1, 4, 8)}
+    assert kept[1] == kept[4] == kept[8] and all(float(v) > 0 for v in kept[1])
     # the constant-velocity baseline is exact one step ahead (velocities are forward differences)
     cv = [float(r["pos_err_m"]) for r in rows if r["method"] == "constant velocity"]
     still = [float(r["pos_err_m"]) for r in rows if r["method"] == "last frame"]
     assert cv[0] < 0.05 and still[0] > 0.2
+
+
+def test_vehicles_kept_is_the_predicted_over_the_true_vehicle_mass():
+    from world_model.evaluate import MASS, _best_of, _errors
+
+    true = torch.zeros(2, 3, *IMAGE_SHAPE)
+    true[0, :, 1, 10:20, 5:9] = 1.0  # one car (40 px) in window 0, two in window 1
+    true[1, :, 1, 40:50, 5:9] = 1.0
+    true[1, :, 1, 70:80, 12:16] = 1.0
+    pred = true.clone()
+    pred[:, 1:, 1] *= 0.5  # the vehicles fade to half after the first step
+    states = torch.zeros(2, 3, 4)
+    stats = {"state_mean": [0.0] * 4, "state_std": [1.0] * 4}
+    errs = _errors(pred, states, true, states, stats)
+    kept = errs[MASS[0]].mean(0) / errs[MASS[1]].mean(0)
+    assert torch.allclose(kept, torch.tensor([1.0, 0.5, 0.5]))
+    fainter = {**errs, MASS[0]: errs[MASS[0]] * 0.1}  # a second draw that is "better" by mass
+    assert torch.equal(_best_of([errs, fainter])[MASS[0]], errs[MASS[0]])
 
 
 def test_non_finite_batches_are_skipped_and_a_run_of_them_stops_training():

@@ -58,7 +58,8 @@ class EvalModelConfig:
 
 
 METHODS_BASELINE = ("last frame", "constant velocity")
-CSV_FIELDS = ["method", "k", "step", "time_s", "image_mse", "pos_err_m", "vel_err_ms"]
+CSV_FIELDS = ["method", "k", "step", "time_s", "image_mse", "pos_err_m", "vel_err_ms", "vehicles_kept"]
+MASS = ("vehicle_mass", "true_vehicle_mass")  # per-window sums of the vehicles channel, not errors
 
 
 def _errors(pred_images, pred_states, images, states, stats):
@@ -66,12 +67,16 @@ def _errors(pred_images, pred_states, images, states, stats):
     states normalised (B, T, 4) -> dict of (B, T) arrays."""
     from data.dataset import denormalise_states
 
+    from .model import VEHICLES_CHANNEL
+
     ps = denormalise_states(pred_states.float(), stats)
     ts = denormalise_states(states.float(), stats)
     return {
         "image_mse": (pred_images.float() - images.float()).pow(2).mean((2, 3, 4)),
         "pos_err_m": (ps[..., :2] - ts[..., :2]).norm(dim=-1),
         "vel_err_ms": (ps[..., 2:] - ts[..., 2:]).norm(dim=-1),
+        MASS[0]: pred_images[:, :, VEHICLES_CHANNEL].float().sum((2, 3)),
+        MASS[1]: images[:, :, VEHICLES_CHANNEL].float().sum((2, 3)),
     }
 
 
@@ -184,9 +189,12 @@ def eval_model(cfg: EvalModelConfig) -> tuple:
     rows = []
     for (method, k), d in per_window.items():
         means = {name: torch.cat(v).mean(0) for name, v in d.items()}  # (T,)
+        # the vehicles' pixels the prediction keeps: its vehicles channel over the true one
+        kept = means.pop(MASS[0]) / means.pop(MASS[1]).clamp_min(1e-9)
         for t in range(horizon):
             rows.append({"method": method, "k": k, "step": t + 1, "time_s": round((t + 1) * dt, 3),
-                         **{name: float(means[name][t]) for name in means}})
+                         **{name: float(means[name][t]) for name in means},
+                         "vehicles_kept": float(kept[t])})
     out_png = Path(cfg.out) if cfg.out else ckpt_path.parent / f"eval-{cfg.split}.png"
     out_csv = out_png.with_suffix(".csv")
     with atomic_output(out_csv) as tmp:
@@ -221,9 +229,12 @@ def _default_checkpoint() -> Path:
 
 
 def _best_of(errs: list) -> dict:
-    """For each window and each error, the draw with the smallest mean over the horizon."""
-    out = {}
+    """For each window and each error, the draw with the smallest mean over the horizon (the
+    vehicles' mass, not an error, is the first draw's)."""
+    out = {name: errs[0][name] for name in MASS}
     for name in errs[0]:
+        if name in MASS:
+            continue
         stack = torch.stack([e[name] for e in errs])  # (K, B, T)
         best = stack.mean(2).argmin(0)  # (B,)
         out[name] = stack[best, torch.arange(stack.shape[1])]  # (B, T)
@@ -238,7 +249,8 @@ def _table(rows: list, horizon: int, title: str) -> str:
     for r in rows:
         by.setdefault((r["method"], r["k"]), {})[r["step"]] = r
     lines = [title, ""]
-    for err, unit in (("image_mse", ""), ("pos_err_m", " [m]"), ("vel_err_ms", " [m/s]")):
+    for err, unit in (("image_mse", ""), ("pos_err_m", " [m]"), ("vel_err_ms", " [m/s]"),
+                      ("vehicles_kept", " (ratio)")):
         head = f"{err + unit:<28}" + "".join(f"{f't={s * 0.1:.1f}s':>10}" for s in steps) + f"{'mean':>10}"
         lines.append(head)
         for (name, k), d in by.items():
