@@ -126,12 +126,20 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     frames = list(images.unbind(1))
     size_k = _repeat(car_size, k)
     ego = EgoKinematics(states[:, -1], stats) if kinematic_gradient else None
+    sharp = cfg.ego_warp and cfg.sharp_canvas  # see ForwardModel.decode_sharp
+    canvas, carry = frames[-1], images.new_zeros(b, 2)
     out = {"images": [], "states": [], "actions": [], "costs": [], "variances": []}
     for t in range(horizon):
         hist = torch.stack(frames[-n:], 1)  # (B, n, C, H, W)
         action = actor(hist, states, t)  # (B, 2)
         zt = _repeat(z[:, t], k) if cfg.stochastic else None
-        image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), zt)
+        if sharp:
+            image, state, canvas, carry = model.predict_sharp(
+                _repeat(hist, k), _repeat(states, k), _repeat(action, k), _repeat(canvas, k), _repeat(carry, k), zt)
+            if k > 1:  # go on from the mean, as the image does
+                canvas, carry = (x.view(k, b, *x.shape[1:]).mean(0) for x in (canvas, carry))
+        else:
+            image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), zt)
         if ego is None:
             costs = image_costs(image, speed_of(state, stats), size_k)  # (K*B, 3)
         else:

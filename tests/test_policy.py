@@ -287,12 +287,12 @@ def test_gradients_reach_the_policy_through_a_multi_step_unroll(stochastic):
     assert all(p.grad is None for p in model.parameters())  # the model stays fixed
 
 
-@pytest.mark.parametrize("ego_warp", [True, False])
-def test_policy_gradient_of_the_cost_agrees_with_finite_differences(ego_warp):
+@pytest.mark.parametrize("ego_warp, sharp", [(True, False), (False, False), (True, True)])
+def test_policy_gradient_of_the_cost_agrees_with_finite_differences(ego_warp, sharp):
     """The gradient a policy is trained on is the true one: along it, the cost of a 4-step
     unroll changes as much as it predicts (a model whose image clamp passed gradients
     straight through gave gradients hundreds of times too large, some uphill)."""
-    model = randomised(ForwardModel(dataclasses.replace(TINY, ego_warp=ego_warp)))
+    model = randomised(ForwardModel(dataclasses.replace(TINY, ego_warp=ego_warp, sharp_canvas=sharp)))
     model.requires_grad_(False).eval()
     images, states, size = start()
     images = images // 200 * 255  # sparse, saturated pixels, as in real state images
@@ -313,6 +313,18 @@ def test_policy_gradient_of_the_cost_agrees_with_finite_differences(ego_warp):
         with torch.no_grad():
             fd = (cost(base + eps * g / g.norm()) - cost(base - eps * g / g.norm())) / (2 * eps)
         assert float(fd) == pytest.approx(float(g.norm()), rel=0.2), seed
+
+
+def test_rollout_of_a_sharp_canvas_model_is_its_unroll():
+    """The policy's rollout carries the model's canvas from step to step as its unroll does."""
+    model = randomised(ForwardModel(dataclasses.replace(TINY, sharp_canvas=True))).requires_grad_(False).eval()
+    images, states, size = start()
+    actions = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(3))
+    r = rollout(model, lambda h, s, t: actions[:, t], images, states, size, 5, STATS, CostWeights())
+    pi, ps = model.unroll(images, states, actions)
+    assert torch.allclose(r["images"], pi, atol=1e-6) and torch.allclose(r["states"], ps, atol=1e-6)
+    blurred, _ = model.unroll(images, states, actions, sharp=False)
+    assert not torch.allclose(blurred, pi, atol=1e-3)
 
 
 def test_uncertainty_pass_is_batched_and_its_mean_drives_the_unroll():

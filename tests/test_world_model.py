@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from world_model.model import IMAGE_SHAPE, ForwardModel, ModelConfig, translate
+from world_model.model import IMAGE_SHAPE, PX_PER_M, ForwardModel, ModelConfig, translate
 from world_model.train import PRESETS, TrainConfig, load_checkpoint, load_model, train_model
 
 TINY = ModelConfig(n_cond=4, n_feature=16, n_hidden=32, n_z=4)
@@ -201,6 +201,49 @@ def test_unroll_any_horizon_feeds_predictions_back():
     a, _ = model.unroll(cond_i, cond_s, actions)
     b, _ = model.unroll(cond_i, cond_s, actions)
     assert not torch.equal(a, b)
+
+
+def test_sharp_canvas_moves_the_image_once_however_many_steps():
+    """An untrained model predicts 'nothing else moves' and a constant velocity: the image at
+    step t is the last frame moved by the car's whole displacement. With the sharp canvas it
+    is exactly one move of the last frame (one interpolation); moved by a fraction at every
+    step, a car's peak fades and spreads, though its mass stays."""
+    model = ForwardModel(TINY).eval()
+    model.set_state_stats(torch.zeros(4), torch.ones(4))
+    frame = torch.zeros(1, TINY.n_cond, *IMAGE_SHAPE)
+    frame[..., 1, 60:62, 8:12] = 1.0  # a short car, 2 px long
+    states = torch.tensor([3.0, 0.0, 0.0, -1.37 / (TINY.dt * PX_PER_M)]).repeat(1, TINY.n_cond, 1)  # 1.37 px up per step
+    actions = torch.zeros(1, 12, 2)
+    with torch.no_grad():
+        sharp, st = model.unroll(frame, states, actions, sharp=True)
+        blurred, _ = model.unroll(frame, states, actions, sharp=False)
+    for t in (0, 5, 11):
+        once = translate(frame[:, -1], model.ego_shift(states[:, -1], st[:, t]))
+        assert torch.allclose(sharp[:, t], once, atol=1e-5), t
+    assert sharp[0, -1, 1].max() == pytest.approx(1.0, abs=1e-4)  # 12 x 1.37 = 16.44 px: f 0.44
+    assert blurred[0, -1, 1].max() < 0.8
+    assert float(blurred[0, -1, 1].sum()) == pytest.approx(float(sharp[0, -1, 1].sum()), rel=1e-4)
+
+
+def test_sharp_canvas_carries_the_gradient_of_the_displacement():
+    """The canvas moves by whole (detached) pixels; the image's gradient with respect to the
+    car's velocity flows through the carried fraction and agrees with finite differences."""
+    model = ForwardModel(TINY).eval()
+    model.set_state_stats(torch.zeros(4), torch.ones(4))
+    frame = torch.zeros(1, TINY.n_cond, *IMAGE_SHAPE)
+    frame[..., 1, 50:58, 8:12] = torch.linspace(0.2, 1.0, 8)[:, None]
+
+    def moved(v):
+        states = torch.stack([torch.tensor(3.0), torch.tensor(0.0), torch.tensor(0.0), v]).repeat(1, TINY.n_cond, 1)
+        image, _ = model.unroll(frame, states, torch.zeros(1, 6, 2), sharp=True)
+        return (image[0, -1, 1] * torch.arange(IMAGE_SHAPE[1]).float()[:, None]).sum()
+
+    v = torch.tensor(-0.9 / (TINY.dt * PX_PER_M), requires_grad=True)  # 0.9 px per step
+    moved(v).backward()
+    eps = 1e-3
+    with torch.no_grad():
+        fd = (moved(v + eps) - moved(v - eps)) / (2 * eps)
+    assert v.grad.abs() > 1 and torch.allclose(v.grad, fd, rtol=1e-3)
 
 
 def test_z_dropout_is_per_sample():

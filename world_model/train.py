@@ -525,7 +525,8 @@ def _warm_start(model: ForwardModel, cfg: TrainConfig, model_cfg: ModelConfig, d
     if theirs.stochastic != model_cfg.stochastic:  # deterministic -> stochastic: z is new
         theirs = dataclasses.replace(theirs, stochastic=True, n_z=model_cfg.n_z, beta=model_cfg.beta,
                                      z_dropout=model_cfg.z_dropout)
-    if theirs != model_cfg:
+    # how the predicted image is carried from step to step is not a weight: either way loads
+    if dataclasses.replace(theirs, sharp_canvas=model_cfg.sharp_canvas) != model_cfg:
         raise UserError(f"--warm-start {path}: its architecture differs from the preset's")
     missing = model.load_deterministic(ckpt["model"])
     if not cfg.quiet:
