@@ -415,6 +415,43 @@ def test_fine_tune_on_longer_windows(dataset_dir, tmp_path):
         train_model(dataclasses.replace(base, out=str(tmp_path / "x"), n_pred=0), QUICK)
 
 
+def test_cost_matching_known_answer():
+    """A car overlapping the controlled one costs 1 in the true image; predicted at half its
+    intensity it costs 0.5: the squared difference is 0.25. The same image costs nothing more."""
+    from world_model.train import cost_matching_loss
+
+    model = ForwardModel(TINY)
+    model.set_state_stats(torch.zeros(4), torch.ones(4))
+    n, t = TINY.n_cond, 3
+    images = torch.zeros(1, n + t, *IMAGE_SHAPE, dtype=torch.uint8)
+    images[:, :, 1, 56:62, 10:14] = 255  # at the image centre: on the car
+    states = torch.zeros(1, n + t, 4)
+    states[..., 3] = 10.0  # 10 m/s
+    batch = {"images": images, "states": states, "car_size": torch.tensor([[4.5, 1.9]])}
+    true = images[:, n:].float() / 255
+    assert float(cost_matching_loss(model, true, batch, offsets=(0.0,))) == pytest.approx(0.0, abs=1e-9)
+    assert float(cost_matching_loss(model, 0.5 * true, batch, offsets=(0.0,))) == pytest.approx(0.25, abs=1e-6)
+    far = float(cost_matching_loss(model, 0.5 * true, batch, offsets=(0.0, 60.0)))  # 60 m on: nothing
+    assert far == pytest.approx(0.125, abs=1e-6)
+
+
+def test_cost_weight_adds_the_term_to_the_training_loss(dataset_dir, tmp_path):
+    from traffic_sim.cli_util import UserError
+
+    cfg = TrainConfig(preset="tiny", dataset=str(dataset_dir), quiet=True, cost_weight=2.0, steps=3,
+                      out=str(tmp_path / "c"))
+    path = train_model(cfg, QUICK)
+    assert load_checkpoint(path)["preset"]["cost_weight"] == 2.0
+    with open(tmp_path / "c" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:  # loss = image + state + 2 x cost (the deterministic model has no KL)
+        parts = float(r["image_mse"]) + float(r["state_mse"]) + 2.0 * float(r["cost_mse"])
+        assert float(r["loss"]) == pytest.approx(parts, rel=1e-3)
+    assert any(float(r["cost_mse"]) > 0 for r in rows) and rows[-1]["val_cost_mse"] != ""
+    with pytest.raises(UserError, match="--cost-weight"):
+        train_model(dataclasses.replace(cfg, cost_weight=-1.0, out=str(tmp_path / "n")), QUICK)
+
+
 def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
     from world_model.evaluate import EvalModelConfig, eval_model
     from world_model.train import default_out

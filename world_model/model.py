@@ -473,7 +473,7 @@ class ForwardModel(nn.Module):
         return torch.stack(pred_images, 1), torch.stack(pred_states, 1)
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
-                feedback_gradient: bool = True):
+                feedback_gradient: bool = True, return_images: bool = False):
         """Training loss on windows of n_cond + T frames.
 
         images (B, n_cond+T, C, H, W) uint8, states (B, n_cond+T, 4), actions (B, n_cond+T, 2).
@@ -506,6 +506,7 @@ class ForwardModel(nn.Module):
         sharp = cfg.ego_warp and cfg.sharp_canvas
         canvas, carry = last, last.new_zeros(b, 2)
         past = states[:, :n]  # (B, n_cond, 4)
+        predicted = []
         image_mse = state_mse = kl = prior_used = 0.0
         for t in range(n, t_all):
             target_image, target_state = images[:, t], states[:, t]
@@ -530,6 +531,8 @@ class ForwardModel(nn.Module):
                 last, state = self.decode(h, last, past[:, -1], actions[:, t - 1], z, shift,
                                           straight_through=True)
             image_mse = image_mse + F.mse_loss(last, target_image)
+            if return_images:
+                predicted.append(last)
             state_mse = state_mse + F.mse_loss(state, target_state)
             frames.append((last if feedback_gradient else last.detach()).to(hist))
             past = torch.cat([past[:, 1:], state[:, None]], 1)
@@ -539,7 +542,10 @@ class ForwardModel(nn.Module):
         if cfg.stochastic:
             metrics["kl"] = kl
             metrics["z_prior_fraction"] = torch.as_tensor(prior_used / t_pred)
-        return loss, {k: v.detach() for k, v in metrics.items()}
+        metrics = {k: v.detach() for k, v in metrics.items()}
+        if return_images:  # the predicted images (B, T, C, H, W), for a loss on them
+            return loss, metrics, torch.stack(predicted, 1)
+        return loss, metrics
 
     # ------------------------------------------------------------------ checkpoints
     def n_params(self) -> int:

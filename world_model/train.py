@@ -45,7 +45,7 @@ import torch
 from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir, atomic_output
 
-from .model import ForwardModel, ModelConfig
+from .model import ForwardModel, ModelConfig, as_float_images
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -71,6 +71,8 @@ class Preset:
     lr_stochastic: Optional[float] = None  # Adam learning rate of the stochastic model; None: lr
     feedback_gradient: bool = True  # the loss's gradient flows through the fed-back predicted frames
     feedback_gradient_stochastic: Optional[bool] = None  # the same for the stochastic model; None: as above
+    cost_weight: float = 0.0  # weight of the cost-matching term (see cost_matching_loss); 0: none
+    cost_offsets: tuple = (-6.0, -3.0, 0.0, 3.0, 6.0)  # [m] along the road: where the car is put
 
 
 PRESETS = {
@@ -133,6 +135,10 @@ class TrainConfig:
                                 "long unrolls)", None)
     batch_size: Optional[int] = doc("windows per batch (default: the preset's)", None)
     lr: Optional[float] = doc("Adam learning rate (default: the preset's for the model)", None)
+    cost_weight: Optional[float] = doc(
+        "weight of the cost-matching term: the proximity costs of the predicted images against "
+        "those of the true ones, for the car at several places along the road (default: the "
+        "preset's, 0: none)", None)
     precision: str = doc("auto (bf16 on cuda and on CPUs with native bf16) | fp32 | bf16", "auto",
                          choices=["auto", "fp32", "bf16"])
     threads: Optional[int] = doc("CPU threads (default: torch's choice, one per core)", None)
@@ -204,6 +210,8 @@ def preset_to_dict(p: Preset) -> dict:
 def preset_from_dict(d: dict) -> Preset:
     d = dict(d)
     d["model"] = ModelConfig.from_dict(d["model"])
+    if "cost_offsets" in d:
+        d["cost_offsets"] = tuple(d["cost_offsets"])
     return Preset(**d)
 
 
@@ -327,8 +335,8 @@ def _training_steps(progress, total_steps, compute_loss, update, val_every, log_
 
 
 class CsvLog:
-    FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "val_loss", "val_image_mse",
-              "val_state_mse", "seconds"]
+    FIELDS = ["step", "loss", "image_mse", "state_mse", "kl", "cost_mse", "val_loss", "val_image_mse",
+              "val_state_mse", "val_cost_mse", "seconds"]
 
     def __init__(self, path: Path, resume_step: Optional[int], fields: Optional[list] = None):
         self.path = path
@@ -353,8 +361,48 @@ class CsvLog:
         self.fh.close()
 
 
+def cost_matching_loss(model: ForwardModel, predicted: torch.Tensor, batch: dict,
+                       offsets=Preset.cost_offsets) -> torch.Tensor:
+    """Mean squared difference between the proximity costs of the predicted and of the true
+    images (B, T, C, H, W), for the car put at each of ``offsets`` [m] along the road from
+    where it was, at its true speed. The policy learns from these costs, not from pixels: a
+    prediction that hedges by spreading the vehicles thin (what the squared pixel error
+    rewards when it cannot tell where they will be) or that paints vehicles where there
+    are none lowers or raises the costs of every position, and so misleads the policy, while
+    its pixel error may be the lowest. This term asks each predicted image for the costs
+    the true future gives at the places the car could be."""
+    from policy.costs import image_costs  # torch only: the masks of traffic_sim.costs
+
+    n = model.config.n_cond
+    t = predicted.shape[1]
+    true = as_float_images(batch["images"][:, n:n + t])  # (B, T, C, H, W)
+    velocity = batch["states"][:, n:n + t, 2:].float() * model.state_std[2:] + model.state_mean[2:]
+    speed = velocity.norm(dim=-1)  # (B, T) [m/s]
+    size = batch["car_size"][:, None].expand(-1, t, -1)  # (B, T, 2) [m]
+    sq = 0.0
+    for along in offsets:
+        offset = torch.zeros(*speed.shape, 2, device=speed.device)
+        offset[..., 0] = along
+        with torch.no_grad():
+            target = image_costs(true, speed, size, offset)[..., 0]
+        sq = sq + (image_costs(predicted.float(), speed, size, offset)[..., 0] - target).pow(2).mean()
+    return sq / len(offsets)
+
+
+def model_loss(model: ForwardModel, batch: dict, preset: Preset, feedback_gradient: bool = True):
+    """The model's own loss plus, with ``preset.cost_weight``, the cost-matching term."""
+    if preset.cost_weight <= 0:
+        return model(batch["images"], batch["states"], batch["actions"], feedback_gradient=feedback_gradient)
+    loss, metrics, predicted = model(batch["images"], batch["states"], batch["actions"],
+                                     feedback_gradient=feedback_gradient, return_images=True)
+    cost = cost_matching_loss(model, predicted, batch, preset.cost_offsets)
+    metrics["cost_mse"] = cost.detach()
+    metrics["loss"] = (loss + preset.cost_weight * cost).detach()
+    return loss + preset.cost_weight * cost, metrics
+
+
 @torch.no_grad()
-def validate(model: ForwardModel, batches: list, device, dtype) -> dict:
+def validate(model: ForwardModel, batches: list, device, dtype, preset: Optional[Preset] = None) -> dict:
     """Mean loss parts over fixed batches, dropout off (for the stochastic model, z from the
     posterior: a reconstruction score)."""
     was_training = model.training
@@ -362,7 +410,10 @@ def validate(model: ForwardModel, batches: list, device, dtype) -> dict:
     sums = {}
     for batch in batches:
         with autocast(device, dtype):
-            _, metrics = model(batch["images"], batch["states"], batch["actions"])
+            if preset is None:
+                _, metrics = model(batch["images"], batch["states"], batch["actions"])
+            else:
+                _, metrics = model_loss(model, batch, preset)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     model.train(was_training)
@@ -389,6 +440,8 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.cost_weight is not None and not cfg.cost_weight >= 0:
+        raise UserError(f"--cost-weight must be at least 0, got {cfg.cost_weight}")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
@@ -467,8 +520,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
     def compute_loss():
         batch = train_sampler.sample()
         with autocast(device, dtype):
-            return model(batch["images"], batch["states"], batch["actions"],
-                         feedback_gradient=feedback_gradient)
+            return model_loss(model, batch, preset, feedback_gradient)
 
     def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
@@ -485,7 +537,7 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
         interrupted = run_training(
             progress, total_steps, compute_loss, GuardedStep(opt, model.parameters(), preset.grad_clip),
             val_every=preset.val_every, log_every=preset.log_every,
-            validate=lambda: validate(model, val_batches, device, dtype), on_log=on_log,
+            validate=lambda: validate(model, val_batches, device, dtype, preset), on_log=on_log,
             on_validated=checkpoint, desc=f"train {cfg.model}-{cfg.preset}", quiet=cfg.quiet)
         if interrupted:
             checkpoint()
@@ -504,6 +556,8 @@ def _override(preset: Preset, cfg: TrainConfig) -> Preset:
         preset = dataclasses.replace(preset, batch_size=cfg.batch_size)
     if cfg.lr is not None:
         preset = dataclasses.replace(preset, lr=cfg.lr, lr_stochastic=cfg.lr)
+    if cfg.cost_weight is not None:
+        preset = dataclasses.replace(preset, cost_weight=cfg.cost_weight)
     return preset
 
 
