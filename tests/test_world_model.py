@@ -497,6 +497,7 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
         k1, k4, k8 = (mean(f"model, best of {k}", err) for k in (1, 4, 8))
         assert k8 < k1 and k4 <= k1 and k8 <= k4, (err, k1, k4, k8)
     # the vehicles' mass is the first draw's for every K (it is not an error to minimise)
+    assert all(float(r["proximity_err"]) >= 0 for r in rows)
     kept = {k: [r["vehicles_kept"] for r in rows if r["method"] == f"model, best of {k}"] for k in (1, 4, 8)}
     assert kept[1] == kept[4] == kept[8] and all(float(v) > 0 for v in kept[1])
     # the constant-velocity baseline is exact one step ahead (velocities are forward differences)
@@ -521,6 +522,13 @@ def test_vehicles_kept_is_the_predicted_over_the_true_vehicle_mass():
     assert torch.allclose(kept, torch.tensor([1.0, 0.5, 0.5]))
     fainter = {**errs, MASS[0]: errs[MASS[0]] * 0.1}  # a second draw that is "better" by mass
     assert torch.equal(_best_of([errs, fainter])[MASS[0]], errs[MASS[0]])
+    # the proximity cost's error: a car on the controlled one costs 1, at half intensity 0.5
+    true[:, :, 1, 55:62, 10:14] = 1.0
+    size = torch.tensor([[4.5, 1.9]] * 2)
+    states[..., 3] = 10.0
+    half = _errors(0.5 * true, states, true, states, stats, size)["proximity_err"]
+    assert torch.allclose(half, torch.full((2, 3), 0.5), atol=1e-6)
+    assert _errors(true, states, true, states, stats, size)["proximity_err"].abs().max() == 0
 
 
 def test_non_finite_batches_are_skipped_and_a_run_of_them_stops_training():

@@ -6,7 +6,12 @@ predictions. At every horizon step it reports:
 
 - ``image_mse``: mean squared error of the predicted image, pixels in [0, 1];
 - ``pos_err_m``: distance between the predicted and the true position [m];
-- ``vel_err_ms``: norm of the velocity error [m/s].
+- ``vel_err_ms``: norm of the velocity error [m/s];
+- ``proximity_err``: the absolute error of the proximity cost the predicted image gives the
+  car at its true place and speed (the costs are what a policy learns from);
+- ``vehicles_kept``: the vehicles channel of the predictions summed over all windows, over
+  the true one's: below 1 the vehicles fade, above 1 the prediction paints vehicles that
+  are not there (a ratio, not an error: best-of-K rows show the first draw's).
 
 Two baselines are scored the same way: ``last frame`` (the last conditioning image and state
 are repeated) and ``constant velocity`` (the state moves on at its last velocity; the image
@@ -58,26 +63,36 @@ class EvalModelConfig:
 
 
 METHODS_BASELINE = ("last frame", "constant velocity")
-CSV_FIELDS = ["method", "k", "step", "time_s", "image_mse", "pos_err_m", "vel_err_ms", "vehicles_kept"]
+CSV_FIELDS = ["method", "k", "step", "time_s", "image_mse", "pos_err_m", "vel_err_ms", "proximity_err",
+              "vehicles_kept"]
 MASS = ("vehicle_mass", "true_vehicle_mass")  # per-window sums of the vehicles channel, not errors
 
 
-def _errors(pred_images, pred_states, images, states, stats):
+def _errors(pred_images, pred_states, images, states, stats, car_size=None):
     """Per-window, per-step errors. pred_images/images (B, T, C, H, W) in [0, 1];
-    states normalised (B, T, 4) -> dict of (B, T) arrays."""
+    states normalised (B, T, 4) -> dict of (B, T) arrays. With ``car_size`` (B, 2) [m], also
+    the error of the proximity cost the predicted image gives the car where it truly is, at
+    its true speed (what a policy learns from)."""
     from data.dataset import denormalise_states
+    from policy.costs import image_costs  # torch only
 
     from .model import VEHICLES_CHANNEL
 
     ps = denormalise_states(pred_states.float(), stats)
     ts = denormalise_states(states.float(), stats)
-    return {
+    out = {
         "image_mse": (pred_images.float() - images.float()).pow(2).mean((2, 3, 4)),
         "pos_err_m": (ps[..., :2] - ts[..., :2]).norm(dim=-1),
         "vel_err_ms": (ps[..., 2:] - ts[..., 2:]).norm(dim=-1),
         MASS[0]: pred_images[:, :, VEHICLES_CHANNEL].float().sum((2, 3)),
         MASS[1]: images[:, :, VEHICLES_CHANNEL].float().sum((2, 3)),
     }
+    if car_size is not None:
+        speed = ts[..., 2:].norm(dim=-1)  # (B, T) [m/s]
+        size = car_size[:, None].expand(-1, speed.shape[1], -1)
+        out["proximity_err"] = (image_costs(pred_images.float(), speed, size)[..., 0]
+                                - image_costs(images.float(), speed, size)[..., 0]).abs()
+    return out
 
 
 def _baselines(cond_images, cond_states, horizon: int, stats, dt: float):
@@ -148,32 +163,32 @@ def eval_model(cfg: EvalModelConfig) -> tuple:
     with torch.no_grad():
         for bi, batch in enumerate(batches):
             images = as_float_images(batch["images"])  # (B, n_cond+T, C, H, W)
-            states, actions = batch["states"], batch["actions"]
+            states, actions, size = batch["states"], batch["actions"], batch["car_size"]
             n = mcfg.n_cond
             cond_i, cond_s = images[:, :n], states[:, :n]
             true_i, true_s = images[:, n:], states[:, n:]
             act = actions[:, n - 1:n - 1 + horizon]  # action[t] moves frame t to t+1
             for name, (pi, ps) in _baselines(cond_i, cond_s, horizon, stats, dt).items():
-                add((name, 1), _errors(pi, ps, true_i, true_s, stats))
+                add((name, 1), _errors(pi, ps, true_i, true_s, stats, size))
             samples = None
             if not mcfg.stochastic:
                 with autocast(device, dtype):
                     pi, ps = model.unroll(cond_i, cond_s, act)
-                add(("model", 1), _errors(pi, ps, true_i, true_s, stats))
+                add(("model", 1), _errors(pi, ps, true_i, true_s, stats, size))
                 det = (pi, ps)
             else:
                 det = None
                 if warm is not None:
                     with autocast(device, dtype):
                         det = warm.unroll(cond_i, cond_s, act)
-                    add(("deterministic (warm start)", 1), _errors(*det, true_i, true_s, stats))
+                    add(("deterministic (warm start)", 1), _errors(*det, true_i, true_s, stats, size))
                 kmax = max(ks)
                 errs = []  # kmax x dict of (B, T)
                 samples = []
                 for k in range(kmax):  # one prior draw of the whole z sequence per pass
                     with autocast(device, dtype):
                         pi, ps = model.unroll(cond_i, cond_s, act, generator=generator)
-                    errs.append(_errors(pi, ps, true_i, true_s, stats))
+                    errs.append(_errors(pi, ps, true_i, true_s, stats, size))
                     if k < 3:
                         samples.append((pi, ps))
                 for k in ks:
@@ -250,13 +265,13 @@ def _table(rows: list, horizon: int, title: str) -> str:
         by.setdefault((r["method"], r["k"]), {})[r["step"]] = r
     lines = [title, ""]
     for err, unit in (("image_mse", ""), ("pos_err_m", " [m]"), ("vel_err_ms", " [m/s]"),
-                      ("vehicles_kept", " (ratio)")):
+                      ("proximity_err", " (cost)"), ("vehicles_kept", " (ratio)")):
         head = f"{err + unit:<28}" + "".join(f"{f't={s * 0.1:.1f}s':>10}" for s in steps) + f"{'mean':>10}"
         lines.append(head)
         for (name, k), d in by.items():
             vals = [d[s][err] for s in steps]
             mean = float(np.mean([d[s][err] for s in d]))
-            fmt = "{:10.5f}" if err == "image_mse" else "{:10.3f}"
+            fmt = "{:10.5f}" if err in ("image_mse", "proximity_err") else "{:10.3f}"
             lines.append(f"  {name:<26}" + "".join(fmt.format(v) for v in vals) + fmt.format(mean))
         lines.append("")
     return "\n".join(lines).rstrip()
