@@ -384,13 +384,14 @@ def test_fine_tune_on_longer_windows(dataset_dir, tmp_path):
     base = TrainConfig(model="stochastic", preset="tiny", dataset=str(dataset_dir), quiet=True)
     src = train_model(dataclasses.replace(base, out=str(tmp_path / "src"), steps=2), QUICK)
     tuned = dataclasses.replace(base, out=str(tmp_path / "long"), warm_start=str(src), n_pred=5,
-                                batch_size=3, lr=3e-5, steps=0)
+                                batch_size=3, lr=3e-5, steps=0, sharp_canvas=True)
     path = train_model(tuned, QUICK)
     ckpt = load_checkpoint(path)
     assert ckpt["warm_start"] == str(src) and ckpt["step"] == 0
     for name, value in _params(src).items():  # posterior and z projection included
         assert torch.equal(ckpt["model"][name], value), name
     assert (ckpt["preset"]["n_pred"], ckpt["preset"]["batch_size"]) == (5, 3)
+    assert ckpt["model_config"]["sharp_canvas"] and not load_checkpoint(src)["model_config"]["sharp_canvas"]
     seen = []
     from data import dataset as data_module
 

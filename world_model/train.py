@@ -135,6 +135,9 @@ class TrainConfig:
                                 "long unrolls)", None)
     batch_size: Optional[int] = doc("windows per batch (default: the preset's)", None)
     lr: Optional[float] = doc("Adam learning rate (default: the preset's for the model)", None)
+    sharp_canvas: Optional[bool] = doc(
+        "move predicted images by whole pixels and carry the fraction, so that they do not blur "
+        "from being moved by a fraction of a pixel at every step (default: the preset's, off)", None)
     cost_weight: Optional[float] = doc(
         "weight of the cost-matching term: the proximity costs of the predicted images against "
         "those of the true ones, for the car at several places along the road (default: the "
@@ -558,6 +561,8 @@ def _override(preset: Preset, cfg: TrainConfig) -> Preset:
         preset = dataclasses.replace(preset, lr=cfg.lr, lr_stochastic=cfg.lr)
     if cfg.cost_weight is not None:
         preset = dataclasses.replace(preset, cost_weight=cfg.cost_weight)
+    if cfg.sharp_canvas is not None:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, sharp_canvas=cfg.sharp_canvas))
     return preset
 
 
