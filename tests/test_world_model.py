@@ -82,6 +82,18 @@ def test_shapes_and_dtypes(stochastic):
     assert torch.allclose(image, cond_i[:, -1].float() / 255)
 
 
+def test_training_clamp_passes_the_gradients_that_bring_pixels_back_into_range():
+    from world_model.model import clamp_st
+
+    x = torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.5, 1.5], requires_grad=True)
+    y = clamp_st(x)
+    assert torch.equal(y, torch.tensor([0.0, 0.0, 0.5, 0.5, 1.0, 1.0]))
+    # d loss / d y: a descent step moves y by minus this
+    y.backward(torch.tensor([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]))
+    # below range: up passes, down does not; inside: all; above: down passes, up does not
+    assert torch.equal(x.grad, torch.tensor([-1.0, 0.0, -1.0, 1.0, 0.0, 1.0]))
+
+
 def test_translate_known_answers():
     img = torch.zeros(1, 3, 6, 5)
     img[0, :, 2, 1] = 1.0  # one lit pixel per channel at row 2, column 1
@@ -499,6 +511,14 @@ def test_end_to_end_train_and_eval(dataset_dir, tmp_path, monkeypatch):
         assert k8 < k1 and k4 <= k1 and k8 <= k4, (err, k1, k4, k8)
     # the vehicles' mass is the first draw's for every K (it is not an error to minimise)
     assert all(float(r["proximity_err"]) >= 0 for r in rows)
+    # unrolled with the sharp canvas instead (the model was trained without): other images
+    sharp_table, _ = eval_model(EvalModelConfig(checkpoint=str(sto), batches=2, batch_size=8, horizon=5,
+                                                k_samples="1", quiet=True, sharp_canvas=True,
+                                                out=str(tmp_path / "sharp.png")))
+    with open(tmp_path / "sharp.csv") as fh:
+        sharp_rows = {(r["method"], r["step"]): r["image_mse"] for r in csv.DictReader(fh)}
+    assert sharp_rows[("model, best of 1", "5")] != next(
+        r["image_mse"] for r in rows if r["method"] == "model, best of 1" and r["step"] == "5")
     kept = {k: [r["vehicles_kept"] for r in rows if r["method"] == f"model, best of {k}"] for k in (1, 4, 8)}
     assert kept[1] == kept[4] == kept[8] and all(float(v) > 0 for v in kept[1])
     # the constant-velocity baseline is exact one step ahead (velocities are forward differences)

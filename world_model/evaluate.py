@@ -57,6 +57,9 @@ class EvalModelConfig:
     k_samples: str = doc("best-of-K for these K (stochastic model), comma-separated", "1,5,20")
     out: Optional[str] = doc("figure path (.png); the CSV is written beside it "
                              "(default: eval-<split>.png in the checkpoint's folder)", None)
+    sharp_canvas: Optional[bool] = doc(
+        "unroll with (or without) the sharp canvas, whatever the model was trained with "
+        "(default: as trained)", None)
     device: str = doc("cpu | cuda", "cpu", choices=["cpu", "cuda"])
     seed: int = doc("seed of the windows and of the z draws", 0)
     quiet: bool = doc("no progress bar", False)
@@ -173,21 +176,21 @@ def eval_model(cfg: EvalModelConfig) -> tuple:
             samples = None
             if not mcfg.stochastic:
                 with autocast(device, dtype):
-                    pi, ps = model.unroll(cond_i, cond_s, act)
+                    pi, ps = model.unroll(cond_i, cond_s, act, sharp=cfg.sharp_canvas)
                 add(("model", 1), _errors(pi, ps, true_i, true_s, stats, size))
                 det = (pi, ps)
             else:
                 det = None
                 if warm is not None:
                     with autocast(device, dtype):
-                        det = warm.unroll(cond_i, cond_s, act)
+                        det = warm.unroll(cond_i, cond_s, act, sharp=cfg.sharp_canvas)
                     add(("deterministic (warm start)", 1), _errors(*det, true_i, true_s, stats, size))
                 kmax = max(ks)
                 errs = []  # kmax x dict of (B, T)
                 samples = []
                 for k in range(kmax):  # one prior draw of the whole z sequence per pass
                     with autocast(device, dtype):
-                        pi, ps = model.unroll(cond_i, cond_s, act, generator=generator)
+                        pi, ps = model.unroll(cond_i, cond_s, act, generator=generator, sharp=cfg.sharp_canvas)
                     errs.append(_errors(pi, ps, true_i, true_s, stats, size))
                     if k < 3:
                         samples.append((pi, ps))

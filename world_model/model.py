@@ -127,10 +127,30 @@ def conv_out(n: int) -> int:
     return (n + 2 - 4) // 2 + 1
 
 
+class _ClampBackIn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        # a descent step moves x by -grad: out of range, pass only what moves it back in
+        outward = ((x > ctx.hi) & (grad < 0)) | ((x < ctx.lo) & (grad > 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
 def clamp_st(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-    """Clamp in the forward pass, identity in the backward pass (straight-through): a pixel
-    pushed out of range keeps its gradient, so it is never stuck there."""
-    return x + (x.clamp(lo, hi) - x).detach()
+    """Clamp in the forward pass; in the backward pass the identity (straight-through) for
+    the gradients that bring an out-of-range pixel back into range, and zero for those that
+    push it further out. A pixel pushed out of range is never stuck there (a plain clamp
+    passes it no gradient at all); and a loss that asks for more than the range allows (a
+    cost wants a vehicle brighter than 1 where the mask is weaker) does not drive it, and
+    the weights behind it, without bound: with a plain straight-through clamp, a
+    cost-matching term made the training diverge within 200 steps."""
+    return _ClampBackIn.apply(x, lo, hi)
 
 
 def translate(images: torch.Tensor, shift: torch.Tensor, zero_channels=(VEHICLES_CHANNEL,)) -> torch.Tensor:
