@@ -434,23 +434,26 @@ class ForwardModel(nn.Module):
         """One step. images (B, n_cond, C, H, W) uint8 or [0, 1] float, states (B, n_cond, 4),
         action (B, 2), z (B, n_z) (stochastic; default: a prior draw) -> next image
         (B, C, H, W) float in [0, 1], next state (B, 4)."""
+        images, h, z = self._step_inputs(images, states, z, generator)
+        return self.decode(h, images[:, -1], states[:, -1], action, z)
+
+    def _step_inputs(self, images, states, z, generator):
+        """Float images, the maps of the past and z (a prior draw if none; None for the
+        deterministic model) for one step of :meth:`predict`."""
         images = as_float_images(images)
-        b = images.shape[0]
-        if self.config.stochastic and z is None:
-            z = self.sample_prior(b, images.device, generator)
-        h = self.encode(images, states)
-        return self.decode(h, images[:, -1], states[:, -1], action, z if self.config.stochastic else None)
+        if not self.config.stochastic:
+            return images, self.encode(images, states), None
+        if z is None:
+            z = self.sample_prior(images.shape[0], images.device, generator)
+        return images, self.encode(images, states), z
 
     def predict_sharp(self, images: torch.Tensor, states: torch.Tensor, action: torch.Tensor,
                       canvas: torch.Tensor, carry: torch.Tensor, z: Optional[torch.Tensor] = None,
                       generator=None):
         """:meth:`predict` with the canvas and carry of :meth:`decode_sharp` (start with the
         last frame and zeros (B, 2)); returns the next image, state, canvas and carry."""
-        images = as_float_images(images)
-        if self.config.stochastic and z is None:
-            z = self.sample_prior(images.shape[0], images.device, generator)
-        h = self.encode(images, states)
-        return self.decode_sharp(h, canvas, carry, states[:, -1], action, z if self.config.stochastic else None)
+        _, h, z = self._step_inputs(images, states, z, generator)
+        return self.decode_sharp(h, canvas, carry, states[:, -1], action, z)
 
     # ------------------------------------------------------------------ many steps
     # The frame history is a list stacked anew at each step: the gradient of a stack is a set
