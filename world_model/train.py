@@ -556,7 +556,8 @@ def train_model(cfg: TrainConfig, preset: Optional[Preset] = None) -> Path:
 
 
 def _override(preset: Preset, cfg: TrainConfig) -> Preset:
-    """The preset with the window length, batch size and learning rate the command line gives."""
+    """The preset with what the command line overrides: window length, batch size, learning
+    rate, cost-matching weight, sharp canvas."""
     if cfg.n_pred is not None:
         preset = dataclasses.replace(preset, n_pred=cfg.n_pred)
     if cfg.batch_size is not None:
