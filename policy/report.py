@@ -2,7 +2,8 @@
 
 For a preset it makes (or reuses, resuming what was interrupted) each piece in turn: the
 default traffic and dataset, the deterministic and stochastic forward models, one policy per
-method and seed; then it drives every policy closed loop on the evaluation split together
+method and seed (the paper's methods, and ``vg-sep`` / ``svg-sep``: VG and SVG with the world
+separated from the car, ``train-policy --separate-ego``); then it drives every policy closed loop on the evaluation split together
 with the human, no-action and car-following (``follow``) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
@@ -29,6 +30,14 @@ from traffic_sim.paths import artifacts_dir, atomic_output
 
 from .train import METHOD_MODEL, METHODS, PRESETS
 
+SEPARATED = ("svg-sep", "vg-sep")  # svg / vg with the world separated from the car (--separate-ego)
+REPORT_METHODS = METHODS + SEPARATED
+
+
+def method_parts(name: str) -> tuple:
+    """A report's method name -> (train-policy method, separated?)."""
+    return (name[:-len("-sep")], True) if name in SEPARATED else (name, False)
+
 RATES = ("success_rate", "collision_rate", "offroad_rate")
 KIND_RATES = ("collision_front_rate", "collision_rear_rate", "collision_side_rate")  # how they collided
 
@@ -38,7 +47,9 @@ class ReportConfig:
     """Train (or reuse) everything for a preset and compare the methods: table and figure."""
 
     preset: str = doc("tiny | default | paper", "default", choices=list(PRESETS))
-    methods: str = doc("methods, comma-separated", ",".join(METHODS))
+    methods: str = doc("methods, comma-separated: " + ", ".join(REPORT_METHODS) + " (svg-sep and vg-sep: "
+                       "svg and vg with the world separated from the car, train-policy --separate-ego)",
+                       ",".join(METHODS + ("vg-sep",)))
     seeds: str = doc("training seeds, comma-separated", "0,1,2")
     split: str = doc("evaluation split: test, val or all", "test")
     episodes: Optional[int] = doc("evaluate a seeded subset of N episodes of the split", None)
@@ -93,7 +104,7 @@ def report_command(cfg: ReportConfig) -> str:
     from .train import TrainPolicyConfig, train_policy
     from .train import default_out as policy_out
 
-    methods = _parse_list(cfg.methods, "methods", METHODS)
+    methods = _parse_list(cfg.methods, "methods", REPORT_METHODS)
     try:
         seeds = [int(s) for s in _parse_list(cfg.seeds, "seeds")]
     except ValueError:
@@ -110,7 +121,7 @@ def report_command(cfg: ReportConfig) -> str:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be at least 0")
     dataset = timer("traffic and dataset", lambda: ensure_dataset(cfg.dataset, quiet=cfg.quiet))
-    kinds = [k for k in ("deterministic", "stochastic") if any(METHOD_MODEL[m] == k for m in methods)]
+    kinds = [k for k in ("deterministic", "stochastic") if any(METHOD_MODEL[method_parts(m)[0]] == k for m in methods)]
     for kind in kinds:
         folder = model_out(kind, cfg.preset)
         resume = (folder / CHECKPOINT).is_file()
@@ -119,14 +130,15 @@ def report_command(cfg: ReportConfig) -> str:
                         out=str(folder), resume=resume, steps=cfg.model_steps, quiet=cfg.quiet)))
     trained = {}
     for method in methods:
+        base, separated = method_parts(method)
         for seed in seeds:
-            folder = policy_out(method, cfg.preset, seed)
+            folder = policy_out(base, cfg.preset, seed, separated)
             resume = (folder / CHECKPOINT).is_file()
-            timer(f"policy: {method}, seed {seed}", lambda method=method, seed=seed, folder=folder, resume=resume:
-                  train_policy(TrainPolicyConfig(method=method, preset=cfg.preset, device=cfg.device,
-                                                 seed=seed, out=str(folder), resume=resume,
-                                                 steps=cfg.policy_steps, dataset=str(dataset),
-                                                 quiet=cfg.quiet)))
+            timer(f"policy: {method}, seed {seed}", lambda base=base, separated=separated, seed=seed, folder=folder,
+                  resume=resume: train_policy(TrainPolicyConfig(
+                      method=base, preset=cfg.preset, device=cfg.device, seed=seed, out=str(folder),
+                      resume=resume, steps=cfg.policy_steps, dataset=str(dataset), quiet=cfg.quiet,
+                      separate_ego=True if separated else None)))
             trained[(method, seed)] = folder
 
     def evaluate():

@@ -53,6 +53,17 @@ LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "im
 
 
 @dataclass(frozen=True)
+class SeparatedSettings:
+    """What ``--separate-ego`` changes in a preset: the settings that trained best with the
+    world separated from the car (README, "The world separated from the car")."""
+
+    horizon: int = 40  # unrolled steps [0.1 s]
+    n_states: int = 1  # recent states the policy sees (1: it cannot copy its past speed)
+    grad_clip: float = 1.0  # gradient-norm clip (normal steps' norms are 0.1-0.3)
+    steps: Optional[int] = None  # optimizer steps (None: the preset's)
+
+
+@dataclass(frozen=True)
 class PolicyPreset:
     policy: PolicyConfig
     horizon: int  # unrolled steps [0.1 s]
@@ -69,6 +80,7 @@ class PolicyPreset:
     # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
     separate_ego: bool = False
     world: str = "model"  # with separate_ego: the traffic predicted by the model, or "recorded"
+    separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
     val_every: int = 250
@@ -78,10 +90,12 @@ class PolicyPreset:
 PRESETS = {
     "tiny": PolicyPreset(policy=PolicyConfig(n_cond=4, n_feature=16, n_hidden=64), horizon=4,
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
-                         u_stats_batches=2, log_every=10, val_every=20, val_episodes=6),
+                         u_stats_batches=2, log_every=10, val_every=20, val_episodes=6,
+                         separated=SeparatedSettings(horizon=4)),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
                             batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
-                            val_every=200, val_episodes=100),
+                            val_every=200, val_episodes=100,
+                            separated=SeparatedSettings(horizon=40, steps=1000)),
     "paper": PolicyPreset(policy=PolicyConfig(n_feature=64, n_hidden=256), horizon=30,
                           batch_size=6, steps=100_000, lr=1e-4, grad_clip=50.0, k_dropout=10,
                           weights=CostWeights(uncertainty=0.5), u_stats_batches=32,
@@ -119,7 +133,9 @@ class TrainPolicyConfig:
     separate_ego: Optional[bool] = doc(
         "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
         "recorded car's path, which does not react to the policy, and the policy's car moves among "
-        "it by its kinematics; there is then no uncertainty cost (default: the preset's, off)", None)
+        "it by its kinematics; there is then no uncertainty cost. It also sets the preset's separated "
+        "settings (default preset: one state, horizon 40, gradient clip 1, 1,000 steps), which the options "
+        "below still override (default: off)", None)
     world: Optional[str] = doc(
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
         "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "
@@ -131,8 +147,17 @@ class TrainPolicyConfig:
     quiet: bool = doc("no progress bar", False)
 
 
-def default_out(method: str, preset: str, seed: int) -> Path:
-    return artifacts_dir() / "policies" / f"{method}-{preset}-seed{seed}"
+def with_separated(preset: PolicyPreset) -> PolicyPreset:
+    """The preset with the world separated from the car and its separated settings."""
+    s = preset.separated
+    return dataclasses.replace(preset, separate_ego=True, horizon=s.horizon, grad_clip=s.grad_clip,
+                               steps=s.steps if s.steps is not None else preset.steps,
+                               policy=dataclasses.replace(preset.policy, n_states=s.n_states))
+
+
+def default_out(method: str, preset: str, seed: int, separated: bool = False) -> Path:
+    sep = "-sep" if separated else ""
+    return artifacts_dir() / "policies" / f"{method}{sep}-{preset}-seed{seed}"
 
 
 def default_model(kind: str, preset: str) -> Path:
@@ -147,6 +172,7 @@ def preset_from_dict(d: dict) -> PolicyPreset:
     d = dict(d)
     d["policy"] = PolicyConfig.from_dict(d["policy"])
     d["weights"] = CostWeights(**d["weights"])
+    d["separated"] = SeparatedSettings(**d.get("separated", {}))  # absent from older checkpoints
     return PolicyPreset(**d)
 
 
@@ -284,6 +310,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if cfg.preset not in PRESETS:
             raise UserError(f"unknown preset {cfg.preset!r} (have {', '.join(PRESETS)})")
         preset = PRESETS[cfg.preset]
+    if cfg.separate_ego and not preset.separate_ego:  # before the overrides below
+        preset = with_separated(preset)
+    elif cfg.separate_ego is False:
+        preset = dataclasses.replace(preset, separate_ego=False)
     for name in ("steps", "val_episodes"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
@@ -309,8 +339,6 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = dataclasses.replace(preset, lr=cfg.lr)
     if cfg.kinematic_gradient is not None:
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
-    if cfg.separate_ego is not None:
-        preset = dataclasses.replace(preset, separate_ego=cfg.separate_ego)
     if cfg.world is not None:
         preset = dataclasses.replace(preset, world=cfg.world)
     if preset.world != "model" and not preset.separate_ego:
@@ -322,7 +350,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         raise UserError("--device cuda: no CUDA device is available")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out) if cfg.out else default_out(cfg.method, cfg.preset, cfg.seed)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.method, cfg.preset, cfg.seed, preset.separate_ego)
     ckpt_path = out / CHECKPOINT
     resume_ckpt = None
     if cfg.resume:

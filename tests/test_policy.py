@@ -517,23 +517,26 @@ def test_mpc_lowers_the_planned_cost(trained):
 def test_report_trains_what_is_missing_and_tabulates_seeds(trained, tmp_path, monkeypatch):
     import csv
 
+    from policy.driver import load_policy
     from policy.report import ReportConfig, report_command
 
     monkeypatch.setenv("PPUU_ARTIFACTS", str(trained["root"] / "artifacts"))
-    cfg = ReportConfig(preset="tiny", methods="il,svg", seeds="5,6", split="val", episodes=3,
+    cfg = ReportConfig(preset="tiny", methods="il,svg,vg-sep", seeds="5,6", split="val", episodes=3,
                        dataset=str(trained["dataset"]), model_steps=150, policy_steps=4,
                        out=str(tmp_path / "report"), quiet=True)
     text = report_command(cfg)
     rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("human", ""), ("no-action", ""), ("follow", ""), ("il", "5"), ("il", "6"), ("svg", "5"),
-        ("svg", "6")]
+        ("svg", "6"), ("vg-sep", "5"), ("vg-sep", "6")]
     assert rows[0]["success_rate"] == "1"  # the recorded drivers
     summary = list(csv.DictReader(open(tmp_path / "report" / "summary.csv")))
-    assert [r["method"] for r in summary] == ["human", "no-action", "follow", "il", "svg"]
+    assert [r["method"] for r in summary] == ["human", "no-action", "follow", "il", "svg", "vg-sep"]
     il = [float(r["success_rate"]) for r in rows if r["method"] == "il"]
     assert float(summary[3]["success_rate"]) == pytest.approx(np.mean(il), abs=1e-5)
-    assert "| svg |" in text and "forward model: stochastic" in text
+    assert "| svg |" in text and "forward model: stochastic" in text and "| vg-sep |" in text
+    sep = load_policy(trained["root"] / "artifacts" / "policies" / "vg-sep-tiny-seed5" / "checkpoint.pt")[1]
+    assert sep["method"] == "vg" and sep["preset"]["separate_ego"] and "deterministic" in sep["model_path"]
     assert (tmp_path / "report" / "report.png").is_file()
     # a second run reuses everything: no training stage takes time
     again = report_command(cfg)
@@ -654,10 +657,15 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     assert ckpt["preset"]["separate_ego"] is True and ckpt["step"] == 3
     assert any(p.abs().sum() > 0 for p in net.head[-1].parameters())  # it learned something
     assert ckpt["u_stats"] is None  # no uncertainty cost: the world does not answer the actions
+    # the preset's separated settings: one state, a gradient clip of 1 (tiny: horizon 4)
+    preset = ckpt["preset"]
+    assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=1.0, lr=2e-4, out=str(tmp_path / "r"), **common))
-    preset = load_policy(rec / "checkpoint.pt")[1]["preset"]
-    assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 1.0, 2e-4)
+                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, out=str(tmp_path / "r"),
+                                         **common))
+    preset = load_policy(rec / "checkpoint.pt")[1]["preset"]  # the options override them
+    assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 2.0, 2e-4)
+    assert preset["policy"]["n_states"] == 2
     with pytest.raises(UserError, match="--separate-ego"):
         train_policy(TrainPolicyConfig(method="il", steps=1, dataset=str(trained["dataset"]),
                                        out=str(tmp_path / "i"), **common))
