@@ -30,7 +30,7 @@ def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
 
 def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor,
                 offset: Optional[torch.Tensor] = None,
-                rear_speed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                rear_speed: Optional[torch.Tensor] = None, rear_weight: float = 1.0) -> torch.Tensor:
     """Costs of cars from their state images.
 
     images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
@@ -40,6 +40,10 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     (ahead positive) and across it (right positive); the masks move with it. With an offset
     that is zero in value, the costs are unchanged and their gradient with respect to the
     offset is how they change as the car moves among what the image shows.
+
+    ``rear_speed`` (...) [m/s]: the speed that sets the safe distance behind the car (default:
+    its own); ``rear_weight``: the proximity mask behind the car is scaled by it (1: the
+    symmetric mask of method.md).
     """
     lead = images.shape[:-3]
     img = images.reshape(-1, *images.shape[-3:]).float()  # (N, C, H, W)
@@ -58,6 +62,8 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
         safe_rear = SAFE_TIME * rear_speed.reshape(-1, 1).detach().abs().float() + SAFE_MARGIN
         safe = torch.where(along >= 0, safe, safe_rear)  # (N, H)
     prox_along = _ramp(along, half_length, safe)  # (N, H)
+    if rear_weight != 1.0:
+        prox_along = prox_along * torch.where(along >= 0, 1.0, float(rear_weight))
     prox_across = _ramp(across, half_width, PROX_REACH)  # (N, W)
     lane_across = _ramp(across, 0.0, LANE_HALF)  # (N or 1, W)
     vehicles = img[:, VEHICLES_CHANNEL]  # (N, H, W)

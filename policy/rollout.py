@@ -165,7 +165,8 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
 def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
                       car_size: torch.Tensor, horizon: int, stats: dict,
                       expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None,
-                      world: Optional[torch.Tensor] = None) -> dict:
+                      world: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
+                      rear_weight: float = 1.0) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -181,6 +182,10 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C, H,
     W): images of the traffic along the recorded car's path to use instead of the model's
     predictions (e.g. the recorded ones: the replay simulator itself, made differentiable).
+    ``start`` (B, 3): the car starts displaced from the recorded car by (along [m], across
+    [m], speed [m/s]), its history images and states shifted with it: states the expert
+    never visited, from which the policy learns to recover. ``rear_weight`` scales the
+    proximity mask behind the car (:func:`policy.costs.image_costs`).
     """
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
@@ -192,8 +197,10 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
                             horizon, stats, CostWeights(), z=z)["images"]  # (B, T, C, H, W)
     elif world.dtype == torch.uint8:
         world = world.float() / 255.0
-    ego = EgoKinematics(states[:, -1], stats)
     path = EgoKinematics(states[:, -1], stats)  # the recorded car, which the images follow
+    if start is not None:
+        images, states = displace_start(images, states, start, stats)
+    ego = EgoKinematics(states[:, -1], stats)
     frames = list(images.unbind(1))
     out = {"images": [], "states": [], "actions": [], "costs": [], "offsets": []}
     for t in range(horizon):
@@ -202,7 +209,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         with torch.no_grad():
             path.step(expert_actions[:, t])
         offset = torch.stack([ego.y - path.y, ego.x - path.x], 1)  # (B, 2) along, across [m]
-        costs = image_costs(world[:, t], ego.v, car_size, offset, rear_speed=torch.maximum(ego.v, path.v))
+        costs = image_costs(world[:, t], ego.v, car_size, offset, rear_speed=torch.maximum(ego.v, path.v),
+                            rear_weight=rear_weight)
         view = shift_images(world[:, t], offset.detach())
         state = ego.state()
         for key, value in (("images", view), ("states", state), ("actions", action),
@@ -211,6 +219,23 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         frames.append(view)
         states = torch.cat([states[:, 1:], state[:, None]], 1)
     return {key: torch.stack(v, 1) for key, v in out.items()}
+
+
+def displace_start(images: torch.Tensor, states: torch.Tensor, start: torch.Tensor, stats: dict) -> tuple:
+    """History images (B, n, C, H, W) float and normalised states (B, n, 4) of a car displaced
+    from the recorded one by ``start`` (B, 3): along [m], across [m], speed [m/s] (its
+    velocities scaled so that the current speed changes by that much, at least 0)."""
+    b, n = images.shape[:2]
+    start = start.to(images.device, torch.float32)
+    offset = start[:, :2].repeat_interleave(n, 0)
+    images = shift_images(images.flatten(0, 1), offset).unflatten(0, (b, n))
+    s = denormalise_states(states.float(), stats)
+    speed = s[:, -1, 2:].norm(dim=1)
+    scale = torch.where(speed > 1e-3, (speed + start[:, 2]).clamp_min(0) / speed.clamp_min(1e-3),
+                        torch.ones_like(speed))
+    s = torch.cat([s[..., :1] + start[:, None, 1:2], s[..., 1:2] + start[:, None, :1],
+                   s[..., 2:] * scale[:, None, None]], -1)
+    return images, normalise_states(s, stats).to(states.dtype)
 
 
 def uncertainty_cost(variances: torch.Tensor, u_stats: dict, hinge: float) -> torch.Tensor:

@@ -61,6 +61,8 @@ class SeparatedSettings:
     n_states: int = 1  # recent states the policy sees (1: it cannot copy its past speed)
     grad_clip: float = 1.0  # gradient-norm clip (normal steps' norms are 0.1-0.3)
     steps: Optional[int] = None  # optimizer steps (None: the preset's)
+    start_noise: tuple = (0.0, 0.0, 0.0)  # see PolicyPreset.start_noise
+    rear_weight: float = 1.0  # see PolicyPreset.rear_weight
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class PolicyPreset:
     # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
     separate_ego: bool = False
     world: str = "model"  # with separate_ego: the traffic predicted by the model, or "recorded"
+    # with separate_ego: half-widths of uniform perturbations of the car's start from the
+    # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
+    start_noise: tuple = (0.0, 0.0, 0.0)
+    rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
@@ -140,6 +146,13 @@ class TrainPolicyConfig:
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
         "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "
         "perfect model would give; default: the preset's, model)", None, choices=["model", "recorded"])
+    start_noise: Optional[str] = doc(
+        "with --separate-ego: ALONG,ACROSS,SPEED, half-widths [m, m, m/s] of uniform perturbations of "
+        "the car's start from the recorded car's, so that it learns to recover from states the expert "
+        "never visited (default: the preset's)", None)
+    rear_weight: Optional[float] = doc(
+        "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
+        "do not react; default: the preset's)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -151,8 +164,20 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
     """The preset with the world separated from the car and its separated settings."""
     s = preset.separated
     return dataclasses.replace(preset, separate_ego=True, horizon=s.horizon, grad_clip=s.grad_clip,
+                               start_noise=tuple(s.start_noise), rear_weight=s.rear_weight,
                                steps=s.steps if s.steps is not None else preset.steps,
                                policy=dataclasses.replace(preset.policy, n_states=s.n_states))
+
+
+def parse_start_noise(text: str) -> tuple:
+    """'ALONG,ACROSS,SPEED' -> three non-negative floats."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v >= 0 and math.isfinite(v) for v in values):
+        raise UserError(f"--start-noise takes ALONG,ACROSS,SPEED, three numbers >= 0 [m, m, m/s], got {text!r}")
+    return values
 
 
 def default_out(method: str, preset: str, seed: int, separated: bool = False) -> Path:
@@ -173,6 +198,7 @@ def preset_from_dict(d: dict) -> PolicyPreset:
     d["policy"] = PolicyConfig.from_dict(d["policy"])
     d["weights"] = CostWeights(**d["weights"])
     d["separated"] = SeparatedSettings(**d.get("separated", {}))  # absent from older checkpoints
+    d["start_noise"] = tuple(d.get("start_noise", (0.0, 0.0, 0.0)))
     return PolicyPreset(**d)
 
 
@@ -259,8 +285,12 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     w = preset.weights
     if preset.separate_ego:
         recorded = batch["images"][:, n:n + preset.horizon] if preset.world == "recorded" else None
+        start = None
+        if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
+            start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
-                              batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded)
+                              batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
+                              rear_weight=preset.rear_weight)
     else:
         k = preset.k_dropout if method == "mpur" else 1
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
@@ -341,6 +371,16 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
     if cfg.world is not None:
         preset = dataclasses.replace(preset, world=cfg.world)
+    if cfg.start_noise is not None:
+        preset = dataclasses.replace(preset, start_noise=parse_start_noise(cfg.start_noise))
+    if any(preset.start_noise) and not preset.separate_ego:
+        raise UserError("--start-noise applies with --separate-ego")
+    if cfg.rear_weight is not None:
+        if not 0.0 <= cfg.rear_weight <= 1.0:
+            raise UserError(f"--rear-weight must be between 0 and 1, got {cfg.rear_weight}")
+        if not preset.separate_ego:
+            raise UserError("--rear-weight applies with --separate-ego")
+        preset = dataclasses.replace(preset, rear_weight=cfg.rear_weight)
     if preset.world != "model" and not preset.separate_ego:
         raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):

@@ -75,6 +75,19 @@ def test_car_at_the_safe_distance_costs_nothing_and_half_way_half(speed):
     assert 0.3 < float(costs_of(img, speed)[0]) < 0.7
 
 
+def test_rear_weight_scales_the_mask_behind_the_car_only():
+    size = torch.tensor([[LENGTH, WIDTH]])
+    speed = torch.tensor([10.0])
+    behind, ahead = blank(), blank()
+    behind[0, VEHICLES_CHANNEL, row_at(-5.0), IMAGE_W // 2] = 1.0
+    ahead[0, VEHICLES_CHANNEL, row_at(5.0), IMAGE_W // 2] = 1.0
+    for img in (behind, ahead):
+        full = image_costs(img, speed, size)[0, 0]
+        half = image_costs(img, speed, size, rear_weight=0.5)[0, 0]
+        assert 0.2 < float(full) < 1.0
+        assert float(half) == pytest.approx(float(full) * (0.5 if img is behind else 1.0), rel=1e-6)
+
+
 def test_lane_and_offroad_costs():
     img = blank()
     img[0, LANES_CHANNEL, :, IMAGE_W // 2] = 1.0  # a marking under the car's centre line
@@ -250,6 +263,44 @@ def test_separated_rollout_places_the_car_among_a_world_that_does_not_react():
     assert seen[-1][0, 3] == pytest.approx(speed[-2])
     row = torch.argmax(r["images"][0, -1, VEHICLES_CHANNEL, :, IMAGE_W // 2]).item()
     assert ALONG_M[row] == pytest.approx(pixel - ahead[-1], abs=0.5 / PX_PER_M)
+
+
+def test_separated_rollout_from_a_displaced_start():
+    """The same world; the car starts 2 m ahead of the recorded car, 0.5 m to its right and
+    1 m/s faster, and does not accelerate: after step t it is 2 + (t + 1) dt m ahead; the
+    history it sees shows the car ahead 2 m closer and half a metre to the left, and its own
+    speed is 6 m/s."""
+    from policy.rollout import rollout_separated
+    from traffic_sim.sim import DT
+
+    model, state, stats = _car_ahead_at_8m()
+    seen = []
+
+    def actor(hist, states, t):
+        seen.append((hist[:, -1].detach(), states[:, -1].detach()))
+        return torch.zeros(1, 2)
+
+    hist = model.image.expand(1, TINY.n_cond, 3, IMAGE_H, IMAGE_W).clone()
+    r = rollout_separated(model, actor, hist, state.expand(1, TINY.n_cond, 4).clone(),
+                          torch.tensor([[LENGTH, WIDTH]]), 6, stats, torch.zeros(1, 6, 2),
+                          start=torch.tensor([[2.0, 0.5, 1.0]]))
+    ahead = 2.0 + DT * np.arange(1, 7)
+    np.testing.assert_allclose(r["offsets"][0, :, 0].numpy(), ahead, atol=1e-5)
+    np.testing.assert_allclose(r["offsets"][0, :, 1].numpy(), 0.5, atol=1e-6)
+    first_image, first_state = seen[0]
+    assert first_state[0].tolist() == pytest.approx([0.5, 2.0, 0.0, 6.0])
+    vehicles = first_image[0, VEHICLES_CHANNEL]
+    rows, cols = torch.nonzero(vehicles > 0, as_tuple=True)
+    weights = vehicles[rows, cols]
+    centre_row = float((rows.float() * weights).sum() / weights.sum())
+    centre_col = float((cols.float() * weights).sum() / weights.sum())
+    assert centre_row == pytest.approx(row_at(8.0) + 2.0 * PX_PER_M, abs=0.05)  # closer: lower in the image
+    assert centre_col == pytest.approx(IMAGE_W // 2 - 0.5 * PX_PER_M, abs=0.05)  # to the left
+    speed = 6.0
+    pixel = ALONG_M[row_at(8.0)]
+    costs = r["costs"][0, :, 0].numpy()
+    assert costs[0] == pytest.approx(1.0 - (pixel - ahead[0] - 0.5 * LENGTH) / (SAFE_TIME * speed + SAFE_MARGIN),
+                                     rel=1e-4)
 
 
 # ---------------------------------------------------------------------- unrolling
@@ -661,11 +712,21 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     preset = ckpt["preset"]
     assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, out=str(tmp_path / "r"),
-                                         **common))
+                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1",
+                                         out=str(tmp_path / "r"), **common))
     preset = load_policy(rec / "checkpoint.pt")[1]["preset"]  # the options override them
     assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 2.0, 2e-4)
-    assert preset["policy"]["n_states"] == 2
+    assert preset["policy"]["n_states"] == 2 and tuple(preset["start_noise"]) == (2.0, 0.5, 1.0)
+    for bad in ("1,2", "1,-1,0", "a,b,c"):
+        with pytest.raises(UserError, match="--start-noise takes"):
+            train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), start_noise=bad,
+                                           out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--rear-weight must"):
+        train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), rear_weight=2.0,
+                                       out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--start-noise applies"):
+        train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), start_noise="1,0,0",
+                                       out=str(tmp_path / "n"), **{**common, "separate_ego": False}))
     with pytest.raises(UserError, match="--separate-ego"):
         train_policy(TrainPolicyConfig(method="il", steps=1, dataset=str(trained["dataset"]),
                                        out=str(tmp_path / "i"), **common))
