@@ -63,6 +63,8 @@ class SeparatedSettings:
     steps: Optional[int] = None  # optimizer steps (None: the preset's)
     start_noise: tuple = (0.0, 0.0, 0.0)  # see PolicyPreset.start_noise
     rear_weight: float = 1.0  # see PolicyPreset.rear_weight
+    action_bound: Optional[float] = None  # the policy's soft action bound (None: the preset's)
+    lr_decay: bool = False  # see PolicyPreset.lr_decay
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class PolicyPreset:
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
     rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
+    lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
@@ -130,6 +133,8 @@ class TrainPolicyConfig:
     horizon: Optional[int] = doc("unrolled steps of 0.1 s (default: the preset's)", None)
     grad_clip: Optional[float] = doc("gradient-norm clip (default: the preset's)", None)
     lr: Optional[float] = doc("Adam learning rate (default: the preset's)", None)
+    lr_decay: Optional[bool] = doc("cosine decay of the learning rate to 0 at the last step (default: the "
+                                   "preset's)", None)
     lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
     n_states: Optional[int] = doc("how many of the most recent states the policy sees, 1-20 (default: "
                                   "the preset's, 20; 1 keeps it from copying its past speed)", None)
@@ -150,6 +155,9 @@ class TrainPolicyConfig:
         "with --separate-ego: ALONG,ACROSS,SPEED, half-widths [m, m, m/s] of uniform perturbations of "
         "the car's start from the recorded car's, so that it learns to recover from states the expert "
         "never visited (default: the preset's)", None)
+    action_bound: Optional[float] = doc(
+        "the policy's soft action bound, in standard deviations of the expert's actions (default: the "
+        "preset's, 3; through the model's pixels it keeps the actions within what the model saw)", None)
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
@@ -164,9 +172,15 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
     """The preset with the world separated from the car and its separated settings."""
     s = preset.separated
     return dataclasses.replace(preset, separate_ego=True, horizon=s.horizon, grad_clip=s.grad_clip,
-                               start_noise=tuple(s.start_noise), rear_weight=s.rear_weight,
+                               start_noise=tuple(s.start_noise), rear_weight=s.rear_weight, lr_decay=s.lr_decay,
                                steps=s.steps if s.steps is not None else preset.steps,
-                               policy=dataclasses.replace(preset.policy, n_states=s.n_states))
+                               policy=dataclasses.replace(preset.policy, n_states=s.n_states,
+                                                          action_bound=s.action_bound or preset.policy.action_bound))
+
+
+def learning_rate(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` at step 0 to 0 at step ``total``."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 def parse_start_noise(text: str) -> tuple:
@@ -355,6 +369,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 1 <= cfg.n_states <= preset.policy.n_cond:
             raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
+    if cfg.action_bound is not None:
+        if not cfg.action_bound > 0:
+            raise UserError(f"--action-bound must be positive, got {cfg.action_bound}")
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, action_bound=cfg.action_bound))
     if cfg.horizon is not None:
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
@@ -367,6 +385,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not cfg.lr > 0:
             raise UserError(f"--lr must be positive, got {cfg.lr}")
         preset = dataclasses.replace(preset, lr=cfg.lr)
+    if cfg.lr_decay is not None:
+        preset = dataclasses.replace(preset, lr_decay=cfg.lr_decay)
     if cfg.kinematic_gradient is not None:
         preset = dataclasses.replace(preset, kinematic_gradient=cfg.kinematic_gradient)
     if cfg.world is not None:
@@ -486,6 +506,9 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         save_checkpoint(ckpt_path, payload())
 
     def compute_loss():
+        if preset.lr_decay:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(preset.lr, progress.step, total_steps)
         batch = sampler.sample()
         with autocast(device, dtype):
             return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)

@@ -75,6 +75,13 @@ def test_car_at_the_safe_distance_costs_nothing_and_half_way_half(speed):
     assert 0.3 < float(costs_of(img, speed)[0]) < 0.7
 
 
+def test_cosine_learning_rate():
+    from policy.train import learning_rate
+
+    assert [learning_rate(2.0, s, 4) for s in (0, 2, 4, 9)] == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    assert learning_rate(2.0, 1, 4) == pytest.approx(1.0 + 2 ** -0.5)
+
+
 def test_rear_weight_scales_the_mask_behind_the_car_only():
     size = torch.tensor([[LENGTH, WIDTH]])
     speed = torch.tensor([10.0])
@@ -712,11 +719,18 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     preset = ckpt["preset"]
     assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1",
+                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, lr_decay=True,
                                          out=str(tmp_path / "r"), **common))
     preset = load_policy(rec / "checkpoint.pt")[1]["preset"]  # the options override them
     assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 2.0, 2e-4)
     assert preset["policy"]["n_states"] == 2 and tuple(preset["start_noise"]) == (2.0, 0.5, 1.0)
+    assert preset["policy"]["action_bound"] == 5.0 and preset["lr_decay"]
+    # cosine decay over 2 steps: the second step ran at half the rate
+    assert torch.load(rec / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == \
+        pytest.approx(1e-4)
+    with pytest.raises(UserError, match="--action-bound"):
+        train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), action_bound=0.0,
+                                       out=str(tmp_path / "n"), **common))
     for bad in ("1,2", "1,-1,0", "a,b,c"):
         with pytest.raises(UserError, match="--start-noise takes"):
             train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), start_noise=bad,
