@@ -12,12 +12,14 @@ the lanes around it), so it cannot learn a road position by heart.
 The action is bounded softly, ``bound * tanh(raw / bound)`` in normalised units (default 3
 standard deviations of the expert's actions): an unroll through the forward model must not
 ask it for actions far outside what it was trained on. The last layer starts at zero, so an
-untrained policy outputs the mean expert action.
+untrained policy outputs the mean expert action. ``brake_bound`` bounds a negative
+acceleration apart (a car brakes harder than it accelerates).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -35,6 +37,7 @@ class PolicyConfig:
     n_hidden: int = 256  # width of the 3 fully-connected layers
     action_bound: float = 3.0  # soft bound of the normalised action
     n_states: int = 20  # most recent states the policy sees (at most n_cond)
+    brake_bound: Optional[float] = None  # soft bound of a negative acceleration (None: action_bound)
 
     @staticmethod
     def from_dict(d: dict) -> "PolicyConfig":
@@ -73,4 +76,10 @@ class PolicyNet(nn.Module):
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
         raw = self.head(h).float()
         bound = self.config.action_bound
-        return bound * torch.tanh(raw / bound)
+        action = bound * torch.tanh(raw / bound)
+        brake = self.config.brake_bound
+        if brake is not None and brake != bound:  # braking bounded apart: the bound's slope is 1 at 0
+            acc = raw[:, 0]
+            action = torch.stack([torch.where(acc < 0, brake * torch.tanh(acc / brake), action[:, 0]),
+                                  action[:, 1]], 1)
+        return action

@@ -64,6 +64,7 @@ class SeparatedSettings:
     start_noise: tuple = (0.0, 0.0, 0.0)  # see PolicyPreset.start_noise
     rear_weight: float = 1.0  # see PolicyPreset.rear_weight
     action_bound: Optional[float] = None  # the policy's soft action bound (None: the preset's)
+    brake_bound: Optional[float] = None  # its soft bound of braking (None: the action bound)
     lr_decay: bool = False  # see PolicyPreset.lr_decay
 
 
@@ -158,6 +159,9 @@ class TrainPolicyConfig:
     action_bound: Optional[float] = doc(
         "the policy's soft action bound, in standard deviations of the expert's actions (default: the "
         "preset's, 3; through the model's pixels it keeps the actions within what the model saw)", None)
+    brake_bound: Optional[float] = doc(
+        "the soft bound of a negative acceleration (braking), in standard deviations of the expert's "
+        "accelerations (default: the preset's; none: the action bound)", None)
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
@@ -175,7 +179,8 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
                                start_noise=tuple(s.start_noise), rear_weight=s.rear_weight, lr_decay=s.lr_decay,
                                steps=s.steps if s.steps is not None else preset.steps,
                                policy=dataclasses.replace(preset.policy, n_states=s.n_states,
-                                                          action_bound=s.action_bound or preset.policy.action_bound))
+                                                          action_bound=s.action_bound or preset.policy.action_bound,
+                                                          brake_bound=s.brake_bound))
 
 
 def learning_rate(base: float, step: int, total: int) -> float:
@@ -290,7 +295,8 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         # outliers (a car creeping at walking speed) hundreds of standard deviations out,
         # which would otherwise dominate the squared error
         bound = net.config.action_bound
-        loss = F.mse_loss(net(images, states), batch["actions"][:, n - 1].clamp(-bound, bound))
+        low = torch.tensor([-(net.config.brake_bound or bound), -bound], device=images.device)
+        loss = F.mse_loss(net(images, states), torch.maximum(batch["actions"][:, n - 1].clamp(max=bound), low))
         return loss, {"loss": loss.detach(), "imitation": loss.detach()}
 
     def actor(hist, st, t):
@@ -373,6 +379,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not cfg.action_bound > 0:
             raise UserError(f"--action-bound must be positive, got {cfg.action_bound}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, action_bound=cfg.action_bound))
+    if cfg.brake_bound is not None:
+        if not cfg.brake_bound > 0:
+            raise UserError(f"--brake-bound must be positive, got {cfg.brake_bound}")
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, brake_bound=cfg.brake_bound))
     if cfg.horizon is not None:
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")

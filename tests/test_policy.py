@@ -658,6 +658,23 @@ def test_mpur_on_a_deterministic_model_when_asked_for(trained, tmp_path):
                                        model=str(trained["deterministic"]), out=str(tmp_path / "s")))
 
 
+def test_braking_is_bounded_apart():
+    torch.manual_seed(0)
+    cfg = PolicyConfig(n_cond=2, n_feature=8, n_hidden=16, action_bound=3.0, brake_bound=8.0)
+    net = PolicyNet(cfg)
+    with torch.no_grad():
+        net.head[-1].bias.copy_(torch.tensor([-1000.0, -1000.0]))  # every raw output far below 0
+    out = net(torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), torch.randn(1, 2, 4))
+    assert out[0].tolist() == pytest.approx([-8.0, -3.0])
+    with torch.no_grad():
+        net.head[-1].bias.copy_(torch.tensor([1000.0, 1000.0]))
+    assert net(torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), torch.randn(1, 2, 4))[0].tolist() == pytest.approx([3.0, 3.0])
+    with torch.no_grad():  # near 0 both bounds have slope 1: the action is the raw output
+        net.head[-1].bias.copy_(torch.tensor([-0.01, 0.01]))
+    assert net(torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), torch.randn(1, 2, 4))[0].tolist() == \
+        pytest.approx([-0.01, 0.01], abs=1e-6)
+
+
 def test_policy_sees_only_its_most_recent_states():
     torch.manual_seed(0)
     cfg = PolicyConfig(n_cond=4, n_feature=8, n_hidden=16, n_states=1)
@@ -719,12 +736,12 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     preset = ckpt["preset"]
     assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, lr_decay=True,
+                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, brake_bound=7.0, lr_decay=True,
                                          out=str(tmp_path / "r"), **common))
     preset = load_policy(rec / "checkpoint.pt")[1]["preset"]  # the options override them
     assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 2.0, 2e-4)
     assert preset["policy"]["n_states"] == 2 and tuple(preset["start_noise"]) == (2.0, 0.5, 1.0)
-    assert preset["policy"]["action_bound"] == 5.0 and preset["lr_decay"]
+    assert (preset["policy"]["action_bound"], preset["policy"]["brake_bound"]) == (5.0, 7.0) and preset["lr_decay"]
     # cosine decay over 2 steps: the second step ran at half the rate
     assert torch.load(rec / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == \
         pytest.approx(1e-4)
