@@ -101,15 +101,17 @@ PRESETS = {
     "tiny": PolicyPreset(policy=PolicyConfig(n_cond=4, n_feature=16, n_hidden=64), horizon=4,
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
                          u_stats_batches=2, log_every=10, val_every=20, val_episodes=6,
-                         separated=SeparatedSettings(horizon=4)),
+                         separated=SeparatedSettings(horizon=4, start_noise=(1.0, 0.3, 1.0), brake_bound=6.0)),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
                             batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
                             val_every=200, val_episodes=100,
-                            separated=SeparatedSettings(horizon=40, steps=1000)),
+                            separated=SeparatedSettings(horizon=40, steps=1000, start_noise=(4.0, 0.6, 2.0),
+                                                        brake_bound=8.0)),
     "paper": PolicyPreset(policy=PolicyConfig(n_feature=64, n_hidden=256), horizon=30,
                           batch_size=6, steps=100_000, lr=1e-4, grad_clip=50.0, k_dropout=10,
                           weights=CostWeights(uncertainty=0.5), u_stats_batches=32,
-                          log_every=100, val_every=5000, val_episodes=200),
+                          log_every=100, val_every=5000, val_episodes=200,
+                          separated=SeparatedSettings(horizon=40, start_noise=(4.0, 0.6, 2.0), brake_bound=8.0)),
 }
 
 
@@ -146,8 +148,9 @@ class TrainPolicyConfig:
         "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
         "recorded car's path, which does not react to the policy, and the policy's car moves among "
         "it by its kinematics; there is then no uncertainty cost. It also sets the preset's separated "
-        "settings (default preset: one state, horizon 40, gradient clip 1, 1,000 steps), which the options "
-        "below still override (default: off)", None)
+        "settings (default preset: one state, horizon 40, gradient clip 1, starts displaced by up to 4 m "
+        "along, 0.6 m across and 2 m/s, braking bound 8, 1,000 steps), which the options below still "
+        "override (default: off)", None)
     world: Optional[str] = doc(
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
         "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "

@@ -732,9 +732,11 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     assert ckpt["preset"]["separate_ego"] is True and ckpt["step"] == 3
     assert any(p.abs().sum() > 0 for p in net.head[-1].parameters())  # it learned something
     assert ckpt["u_stats"] is None  # no uncertainty cost: the world does not answer the actions
-    # the preset's separated settings: one state, a gradient clip of 1 (tiny: horizon 4)
+    # the preset's separated settings: one state, a gradient clip of 1, displaced starts, a braking
+    # bound (tiny: horizon 4)
     preset = ckpt["preset"]
     assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
+    assert tuple(preset["start_noise"]) == (1.0, 0.3, 1.0) and preset["policy"]["brake_bound"] == 6.0
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
                                          horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, brake_bound=7.0, lr_decay=True,
                                          out=str(tmp_path / "r"), **common))
