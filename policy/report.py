@@ -3,8 +3,9 @@
 For a preset it makes (or reuses, resuming what was interrupted) each piece in turn: the
 default traffic and dataset, the deterministic and stochastic forward models, one policy per
 method and seed (the paper's methods, and ``vg-sep`` / ``svg-sep``: VG and SVG with the world
-separated from the car, ``train-policy --separate-ego``); then it drives every policy closed loop on the evaluation split together
-with the human, no-action and car-following (``follow``) references, and writes
+separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
+loop on the evaluation split together with the human, no-action and car-following
+(``follow``) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
 - ``summary.csv`` and ``report.md``: mean and standard deviation over seeds per method, and

@@ -55,7 +55,8 @@ LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "im
 @dataclass(frozen=True)
 class SeparatedSettings:
     """What ``--separate-ego`` changes in a preset: the settings that trained best with the
-    world separated from the car (README, "The world separated from the car")."""
+    world separated from the car (README, "The world separated from the car" and "Displaced
+    starts and a braking bound")."""
 
     horizon: int = 40  # unrolled steps [0.1 s]
     n_states: int = 1  # recent states the policy sees (1: it cannot copy its past speed)
