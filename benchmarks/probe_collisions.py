@@ -33,9 +33,9 @@ AT_BOUND = 0.95  # a braking within this fraction of the bound counts as at the 
 
 
 class Recorder:
-    """Wraps a driver; keeps per step, per car: offset along and across the road from the
-    recorded car [m], speed difference [m/s], acceleration [m/s^2] (the driver's actions are
-    physical), and whether it was live."""
+    """Wraps a driver; keeps per step, per car: offset along the road from the recorded car
+    [m], speed difference [m/s], acceleration [m/s^2] (the driver's actions are physical),
+    and whether it was live."""
 
     def __init__(self, driver, scene):
         self.driver, self.scene = driver, scene
@@ -56,7 +56,6 @@ class Recorder:
         self.rows.append({
             "live": ~cars.done,
             "along": np.where(known, cars.y - sc.tr_y[rows], nan),
-            "across": np.where(known, cars.x - sc.tr_x[rows], nan),
             "dv": np.where(known, cars.v - sc.tr_speed[rows], nan),
             "acc": actions[:, 0].copy(),
         })
@@ -70,7 +69,7 @@ def probe(path: str, split: str, episodes) -> None:
     recorder = Recorder(policy_driver(path, scene, name=Path(path).name), scene)
     out = run_episodes(scene, tracks, recorder, batch=len(tracks))
     live = np.stack([r["live"] for r in recorder.rows])  # (T, N)
-    series = {k: np.stack([r[k] for r in recorder.rows]) for k in ("along", "across", "dv", "acc")}
+    series = {k: np.stack([r[k] for r in recorder.rows]) for k in ("along", "dv", "acc")}
     last = live.shape[0] - 1 - np.argmax(live[::-1], axis=0)  # each car's last live step
     at_end = {k: v[last, np.arange(len(last))] for k, v in series.items()}
     cfg = net.config
