@@ -11,7 +11,9 @@ variance over the K predictions of the image (mean over pixels), the state (mean
 components) and the cost (proximity + lane and off-road weights) gives 3 numbers per sample
 and step; each is normalised by its mean and standard deviation measured on expert data
 (:func:`expert_uncertainty_stats`), and the positive part above a hinge (0.5) is the cost.
-The unroll goes on with the mean of the K predictions.
+The unroll goes on with the mean of the K predictions. With the world separated from the car
+(:func:`rollout_separated`) the uncertainty is that of one-step predictions along the car's
+own path, measured after the unroll in one batched pass.
 """
 
 from __future__ import annotations
@@ -145,11 +147,8 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
         else:
             costs = image_costs(image.detach(), speed_of(state, stats), size_k, _repeat(ego.step(action), k))
         if k > 1:
-            image, state, costs = (x.view(k, b, *x.shape[1:]) for x in (image, state, costs))
-            var = torch.stack([image.var(0).flatten(1).mean(1), state.var(0).mean(1),
-                               weights.combine(costs).var(0)], 1)  # (B, 3)
+            (image, state, costs), var = _dropout_moments(image, state, costs, weights, k)
             out["variances"].append(var)
-            image, state, costs = image.mean(0), state.mean(0), costs.mean(0)
         out["images"].append(image)
         out["states"].append(state)
         out["actions"].append(action)
@@ -162,11 +161,37 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     return result
 
 
+def _dropout_moments(image: torch.Tensor, state: torch.Tensor, costs: torch.Tensor,
+                     weights: CostWeights, k: int) -> tuple:
+    """K x B dropout predictions (the K copies one after the other) -> their means (image,
+    state, costs of B) and the (B, 3) variances of the image (mean over pixels), the state
+    (mean over its components) and the weighted cost."""
+    b = image.shape[0] // k
+    image, state, costs = (x.view(k, b, *x.shape[1:]) for x in (image, state, costs))
+    var = torch.stack([image.var(0).flatten(1).mean(1), state.var(0).mean(1),
+                       weights.combine(costs).var(0)], 1)
+    return (image.mean(0), state.mean(0), costs.mean(0)), var
+
+
+def step_variances(model, hist: torch.Tensor, states: torch.Tensor, action: torch.Tensor,
+                   car_size: torch.Tensor, stats: dict, weights: CostWeights, k: int) -> torch.Tensor:
+    """The dropout variances (N, 3) of one-step predictions: K predictions of the next
+    frame from each of N histories (N, n, C, H, W) float, states (N, n, 4) and actions (N, 2),
+    with dropout on and, for a stochastic model, one prior draw of z shared by the K, in one
+    batched pass (differentiable with respect to the states and actions)."""
+    z = model.sample_prior(len(hist), hist.device) if model.config.stochastic else None
+    model.train(True)
+    image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), _repeat(z, k))
+    costs = image_costs(image, speed_of(state, stats), _repeat(car_size, k))
+    return _dropout_moments(image, state, costs, weights, k)[1]
+
+
 def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
                       car_size: torch.Tensor, horizon: int, stats: dict,
                       expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None,
                       world: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
-                      rear_weight: float = 1.0) -> dict:
+                      rear_weight: float = 1.0, k_dropout: int = 1, u_stats: Optional[dict] = None,
+                      u_stride: int = 4, weights: CostWeights = CostWeights()) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -176,8 +201,13 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     (:func:`shift_images`). The states the policy sees are its car's own (with gradient).
 
     Same arguments and result as :func:`rollout` (``images``: what the policy saw), plus
-    ``offsets`` (B, T, 2) [m]. No uncertainty: the predicted world does not depend on the
-    policy's actions. The safe distance behind the car is set by the faster of the car and
+    ``offsets`` (B, T, 2) [m]. The predicted world does not depend on the policy's actions;
+    the uncertainty (``k_dropout`` K > 1) is the model's about the car's own path: at every
+    ``u_stride``-th step, K dropout predictions of the next frame from what the car saw, its
+    states and its action (:func:`step_variances`, all these steps in one batched pass), whose
+    variances (``variances`` (B, T / u_stride, 3)) become, given ``u_stats`` (measured the same
+    way on the expert's actions, :func:`expert_uncertainty_stats`), the cost ``uncertainty``
+    (B, T / u_stride): actions and states the model has not seen cost more. The safe distance behind the car is set by the faster of the car and
     the recorded car (the speed of the traffic it drove in), not by the car alone (see
     :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C, H,
     W): images of the traffic along the recorded car's path to use instead of the model's
@@ -203,8 +233,13 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     ego = EgoKinematics(states[:, -1], stats)
     frames = list(images.unbind(1))
     out = {"images": [], "states": [], "actions": [], "costs": [], "offsets": []}
+    k = max(int(k_dropout), 1)
+    measured = []  # (history, states, action) where the uncertainty is measured
     for t in range(horizon):
-        action = actor(torch.stack(frames[-n:], 1), states, t)  # (B, 2)
+        hist = torch.stack(frames[-n:], 1)
+        action = actor(hist, states, t)  # (B, 2)
+        if k > 1 and t % u_stride == 0:
+            measured.append((hist, states, action))
         ego.step(action)
         with torch.no_grad():
             path.step(expert_actions[:, t])
@@ -218,7 +253,14 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
             out[key].append(value)
         frames.append(view)
         states = torch.cat([states[:, 1:], state[:, None]], 1)
-    return {key: torch.stack(v, 1) for key, v in out.items()}
+    result = {key: torch.stack(v, 1) for key, v in out.items()}
+    if measured:
+        hist, past, action = (torch.cat(x) for x in zip(*measured))  # step-major: (T' * B, ...)
+        var = step_variances(model, hist, past, action, car_size.repeat(len(measured), 1), stats, weights, k)
+        result["variances"] = var.view(len(measured), b, -1).transpose(0, 1)  # (B, T', 3)
+        if u_stats is not None:
+            result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)
+    return result
 
 
 def displace_start(images: torch.Tensor, states: torch.Tensor, start: torch.Tensor, stats: dict) -> tuple:
@@ -255,10 +297,12 @@ def discounted(per_step: torch.Tensor, gamma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def expert_uncertainty_stats(model, batches, stats: dict, weights: CostWeights, k_dropout: int,
-                             horizon: int) -> dict:
+                             horizon: int, u_stride: Optional[int] = None) -> dict:
     """Mean and standard deviation of the 3 variances over unrolls that follow the expert's
     recorded actions (what the model saw in training): the scale the uncertainty cost
-    measures against. ``batches`` from a WindowSampler with n_pred >= horizon."""
+    measures against. ``batches`` from a WindowSampler with n_pred >= horizon. With
+    ``u_stride``, the unrolls are those of :func:`rollout_separated` (the car on the recorded
+    car's path, the variances of one-step predictions every ``u_stride`` steps)."""
     n = model.config.n_cond
     values = []
     for batch in batches:
@@ -267,9 +311,14 @@ def expert_uncertainty_stats(model, batches, stats: dict, weights: CostWeights, 
         def expert(hist, states, t, actions=actions):
             return actions[:, t]
 
-        r = rollout(model, expert, batch["images"][:, :n], batch["states"][:, :n],
-                    batch["car_size"], horizon, stats, weights, k_dropout=k_dropout)
+        images, states = batch["images"][:, :n], batch["states"][:, :n]
+        if u_stride is None:
+            r = rollout(model, expert, images, states, batch["car_size"], horizon, stats, weights,
+                        k_dropout=k_dropout)
+        else:
+            r = rollout_separated(model, expert, images, states, batch["car_size"], horizon, stats, actions,
+                                  k_dropout=k_dropout, u_stride=u_stride, weights=weights)
         values.append(r["variances"].reshape(-1, len(U_NAMES)))
     v = torch.cat(values).double()
     return {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-12).tolist(),
-            "k_dropout": int(k_dropout), "horizon": int(horizon), "samples": int(len(v))}
+            "k_dropout": int(k_dropout), "horizon": int(horizon), "u_stride": u_stride, "samples": int(len(v))}

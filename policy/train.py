@@ -90,6 +90,7 @@ class PolicyPreset:
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
     rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
+    u_stride: int = 4  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
@@ -101,7 +102,7 @@ class PolicyPreset:
 PRESETS = {
     "tiny": PolicyPreset(policy=PolicyConfig(n_cond=4, n_feature=16, n_hidden=64), horizon=4,
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
-                         u_stats_batches=2, log_every=10, val_every=20, val_episodes=6,
+                         u_stats_batches=2, u_stride=2, log_every=10, val_every=20, val_episodes=6,
                          separated=SeparatedSettings(horizon=4, start_noise=(1.0, 0.3, 1.0), brake_bound=6.0)),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
                             batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
@@ -148,7 +149,8 @@ class TrainPolicyConfig:
     separate_ego: Optional[bool] = doc(
         "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
         "recorded car's path, which does not react to the policy, and the policy's car moves among "
-        "it by its kinematics; there is then no uncertainty cost. It also sets the preset's separated "
+        "it by its kinematics; mpur's uncertainty cost is then the model's about the car's own path "
+        "(one-step dropout predictions from what the car saw, every 4th step). It also sets the preset's separated "
         "settings (default preset: one state, horizon 40, gradient clip 1, starts displaced by up to 4 m "
         "along, 0.6 m across and 2 m/s, braking bound 8, 1,000 steps), which the options below still "
         "override (default: off)", None)
@@ -228,10 +230,13 @@ def preset_from_dict(d: dict) -> PolicyPreset:
 # ---------------------------------------------------------------------- uncertainty scale
 def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_factory,
                           stats: dict, preset: PolicyPreset, quiet: bool) -> dict:
-    """The expert uncertainty statistics of this model for this K and horizon: read from
-    the file beside the model if it was computed for this model step, else computed on
-    training windows with the recorded actions and written there."""
-    path = model_path.parent / f"uncertainty-k{preset.k_dropout}-h{preset.horizon}.json"
+    """The expert uncertainty statistics of this model for this K and horizon (and, with
+    the world separated from the car, this stride): read from the file beside the model if it
+    was computed for this model step, else computed on training windows with the recorded
+    actions and written there."""
+    stride = preset.u_stride if preset.separate_ego else None
+    sep = f"-sep-s{stride}" if stride else ""
+    path = model_path.parent / f"uncertainty-k{preset.k_dropout}-h{preset.horizon}{sep}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("model_step") == model_step:
@@ -240,7 +245,7 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
         print(f"measuring the model's uncertainty on expert actions ({preset.u_stats_batches} batches)")
     sampler = sampler_factory(n_pred=preset.horizon, seed=12345)
     batches = [sampler.sample() for _ in range(preset.u_stats_batches)]
-    u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon)
+    u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon, stride)
     u["model_step"] = model_step
     try:
         with atomic_output(path) as tmp:
@@ -312,9 +317,11 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         start = None
         if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
             start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)
+        k = preset.k_dropout if method == "mpur" else 1
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
                               batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
-                              rear_weight=preset.rear_weight)
+                              rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
+                              u_stride=preset.u_stride, weights=w)
     else:
         k = preset.k_dropout if method == "mpur" else 1
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
@@ -329,10 +336,12 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         metrics["imitation"] = loss.detach()
     else:
         per_step = w.combine(costs)  # (B, T)
-        if "uncertainty" in r:
-            per_step = per_step + w.uncertainty * r["uncertainty"]
-            metrics["uncertainty"] = r["uncertainty"].mean().detach()
         loss = discounted(per_step, w.gamma)
+        if "uncertainty" in r:
+            u = r["uncertainty"]  # (B, T), or (B, T / u_stride) with the world separated
+            stride = preset.u_stride if preset.separate_ego else 1
+            loss = loss + w.uncertainty * discounted(u, w.gamma ** stride)
+            metrics["uncertainty"] = u.mean().detach()
     metrics["loss"] = loss.detach()
     return loss, metrics
 
@@ -484,7 +493,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     n_pred = 1 if cfg.method == "il" else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
     u_stats = None
-    if cfg.method == "mpur" and not preset.separate_ego:
+    if cfg.method == "mpur":
         u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(
             model, model_path, model_step, sampler_factory, stats, preset, cfg.quiet)
     validation = None

@@ -405,6 +405,42 @@ def test_uncertainty_pass_is_batched_and_its_mean_drives_the_unroll():
     assert discounted(r["uncertainty"], 0.99).ndim == 0
 
 
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_separated_uncertainty_is_one_batched_pass_of_one_step_predictions(stochastic):
+    """With the world separated from the car, the uncertainty is measured every u_stride steps
+    (here 0, 2, 4 of 6) from what the car saw: one batched pass of K x B x 3 one-step
+    predictions after the unroll (the world's unroll predicts B at a time, no dropout); its
+    cost has a gradient with respect to the actions at the measured steps."""
+    from policy.rollout import rollout_separated
+
+    cfg = dataclasses.replace(TINY, dropout=0.3, stochastic=stochastic)
+    model = randomised(ForwardModel(cfg)).requires_grad_(False)
+    images, states, size = start(b=2)
+    actions = torch.zeros(2, 6, 2, requires_grad=True)
+    calls = []
+    orig = model.predict
+
+    def counting(*args, **kw):
+        calls.append((args[0].shape[0], model.training))
+        return orig(*args, **kw)
+
+    model.predict = counting
+    u_stats = {"mean": [0.0, 0.0, 0.0], "std": [1e-9, 1e-9, 1e-9]}
+    r = rollout_separated(model, lambda h, st, t: actions[:, t], images, states, size, 6, STATS,
+                          torch.zeros(2, 6, 2), k_dropout=5, u_stats=u_stats, u_stride=2)
+    assert calls == [(2, False)] * 6 + [(5 * 2 * 3, True)]
+    assert r["variances"].shape == (2, 3, 3) and (r["variances"] > 0).all()
+    assert r["uncertainty"].shape == (2, 3) and (r["uncertainty"] > 0).all()
+    r["uncertainty"].sum().backward()
+    grad = actions.grad.abs().sum(-1)[0]  # per step
+    assert (grad[[0, 2, 4]] > 0).all() and grad[5] == 0  # the last action is after every measurement
+    # without K, no variances and no dropout pass
+    calls.clear()
+    r = rollout_separated(model, lambda h, st, t: actions[:, t].detach(), images, states, size, 6, STATS,
+                          torch.zeros(2, 6, 2))
+    assert "variances" not in r and len(calls) == 6
+
+
 # ---------------------------------------------------------------------- trained tiny models
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -429,6 +465,7 @@ def trained(tmp_path_factory):
 
 def test_uncertainty_is_higher_for_unusual_actions_than_for_the_expert(trained):
     from data.dataset import Dataset, WindowSampler
+    from policy.rollout import rollout_separated
     from world_model.train import load_model
 
     model, ckpt = load_model(trained["deterministic"])
@@ -445,6 +482,13 @@ def test_uncertainty_is_higher_for_unusual_actions_than_for_the_expert(trained):
                     ckpt["stats"], CostWeights(), k_dropout=10)
         var[name] = r["variances"].mean((0, 1))  # (3,) image, state, cost variances
     assert var["unusual"][1] > 2 * var["expert"][1], var  # the state prediction
+    assert var["unusual"].sum() > var["expert"].sum(), var
+    # the same along the car's own path with the world separated from it
+    for name, actions in (("expert", expert), ("unusual", swerve)):
+        r = rollout_separated(model, lambda h, s, t, a=actions: a[:, t], images, states, size, 3,
+                              ckpt["stats"], expert, k_dropout=10, u_stride=1)
+        var[name] = r["variances"].mean((0, 1))
+    assert var["unusual"][1] > 2 * var["expert"][1], var
     assert var["unusual"].sum() > var["expert"].sum(), var
 
 
@@ -721,6 +765,8 @@ def test_init_starts_from_another_policy(trained, tmp_path):
 
 
 def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs(trained, tmp_path):
+    import csv
+
     from policy.driver import load_policy
     from policy.train import TrainPolicyConfig, train_policy
     from traffic_sim.cli_util import UserError
@@ -731,7 +777,11 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     net, ckpt = load_policy(out / "checkpoint.pt")
     assert ckpt["preset"]["separate_ego"] is True and ckpt["step"] == 3
     assert any(p.abs().sum() > 0 for p in net.head[-1].parameters())  # it learned something
-    assert ckpt["u_stats"] is None  # no uncertainty cost: the world does not answer the actions
+    # the uncertainty cost on the car's own path, its scale measured with the world separated
+    assert ckpt["u_stats"]["u_stride"] == 2 and ckpt["u_stats"]["k_dropout"] == 2
+    assert list(trained["stochastic"].parent.glob("uncertainty-k2-h4-sep-s2.json"))
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows and all(float(r["uncertainty"]) >= 0 for r in rows)
     # the preset's separated settings: one state, a gradient clip of 1, displaced starts, a braking
     # bound (tiny: horizon 4)
     preset = ckpt["preset"]
