@@ -2,8 +2,8 @@
 
 For a preset it makes (or reuses, resuming what was interrupted) each piece in turn: the
 default traffic and dataset, the deterministic and stochastic forward models, one policy per
-method and seed (the paper's methods, and ``vg-sep`` / ``svg-sep``: VG and SVG with the world
-separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
+method and seed (the paper's methods, and ``mpur-sep`` / ``svg-sep`` / ``vg-sep``: the same
+with the world separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
 loop on the evaluation split together with the human, no-action and car-following
 (``follow``) references, and writes
 
@@ -31,7 +31,7 @@ from traffic_sim.paths import artifacts_dir, atomic_output
 
 from .train import METHOD_MODEL, METHODS, PRESETS
 
-SEPARATED = ("svg-sep", "vg-sep")  # svg / vg with the world separated from the car (--separate-ego)
+SEPARATED = ("mpur-sep", "svg-sep", "vg-sep")  # mpur / svg / vg with the world separated from the car (--separate-ego)
 REPORT_METHODS = METHODS + SEPARATED
 
 
@@ -48,8 +48,8 @@ class ReportConfig:
     """Train (or reuse) everything for a preset and compare the methods: table and figure."""
 
     preset: str = doc("tiny | default | paper", "default", choices=list(PRESETS))
-    methods: str = doc("methods, comma-separated: " + ", ".join(REPORT_METHODS) + " (svg-sep and vg-sep: "
-                       "svg and vg with the world separated from the car, train-policy --separate-ego)",
+    methods: str = doc("methods, comma-separated: " + ", ".join(REPORT_METHODS) + " (mpur-sep, svg-sep, "
+                       "vg-sep: mpur, svg, vg with the world separated from the car, train-policy --separate-ego)",
                        ",".join(METHODS + ("vg-sep",)))
     seeds: str = doc("training seeds, comma-separated", "0,1,2")
     split: str = doc("evaluation split: test, val or all", "test")
