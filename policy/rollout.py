@@ -204,7 +204,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     ``offsets`` (B, T, 2) [m]. The predicted world does not depend on the policy's actions;
     the uncertainty (``k_dropout`` K > 1) is the model's about the car's own path: at every
     ``u_stride``-th step, K dropout predictions of the next frame from what the car saw, its
-    states and its action (:func:`step_variances`, all these steps in one batched pass), whose
+    states and its action (:func:`step_variances`, all these steps in one batched pass;
+    gradient with respect to the actions, not the states), whose
     variances (``variances`` (B, T / u_stride, 3)) become, given ``u_stats`` (measured the same
     way on the expert's actions, :func:`expert_uncertainty_stats`), the cost ``uncertainty``
     (B, T / u_stride): actions and states the model has not seen cost more. The safe distance behind the car is set by the faster of the car and
@@ -255,8 +256,10 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         states = torch.cat([states[:, 1:], state[:, None]], 1)
     result = {key: torch.stack(v, 1) for key, v in out.items()}
     if measured:
-        hist, past, action = (torch.cat(x) for x in zip(*measured))  # step-major: (T' * B, ...)
-        var = step_variances(model, hist, past, action, car_size.repeat(len(measured), 1), stats, weights, k)
+        # step-major: (T' * B, ...). The gradient goes through the actions alone: through the
+        # states it would run back through the model's move of every past frame, 5x the cost
+        hist, past, action = (torch.cat(x) for x in zip(*measured))
+        var = step_variances(model, hist, past.detach(), action, car_size.repeat(len(measured), 1), stats, weights, k)
         result["variances"] = var.view(len(measured), b, -1).transpose(0, 1)  # (B, T', 3)
         if u_stats is not None:
             result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)

@@ -90,7 +90,7 @@ class PolicyPreset:
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
     rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
-    u_stride: int = 4  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
+    u_stride: int = 8  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
@@ -150,7 +150,7 @@ class TrainPolicyConfig:
         "separate the world from the car (mpur, svg, vg): the model predicts the traffic along the "
         "recorded car's path, which does not react to the policy, and the policy's car moves among "
         "it by its kinematics; mpur's uncertainty cost is then the model's about the car's own path "
-        "(one-step dropout predictions from what the car saw, every 4th step). It also sets the preset's separated "
+        "(one-step dropout predictions from what the car saw, every 8th step). It also sets the preset's separated "
         "settings (default preset: one state, horizon 40, gradient clip 1, starts displaced by up to 4 m "
         "along, 0.6 m across and 2 m/s, braking bound 8, 1,000 steps), which the options below still "
         "override (default: off)", None)
