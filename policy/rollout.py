@@ -191,7 +191,7 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
                       expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None,
                       world: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
                       rear_weight: float = 1.0, k_dropout: int = 1, u_stats: Optional[dict] = None,
-                      u_stride: int = 4, weights: CostWeights = CostWeights()) -> dict:
+                      u_stride: int = 8, weights: CostWeights = CostWeights()) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -205,13 +205,13 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     the uncertainty (``k_dropout`` K > 1) is the model's about the car's own path: at every
     ``u_stride``-th step, K dropout predictions of the next frame from what the car saw, its
     states and its action (:func:`step_variances`, all these steps in one batched pass;
-    gradient with respect to the actions, not the states), whose
-    variances (``variances`` (B, T / u_stride, 3)) become, given ``u_stats`` (measured the same
-    way on the expert's actions, :func:`expert_uncertainty_stats`), the cost ``uncertainty``
-    (B, T / u_stride): actions and states the model has not seen cost more. The safe distance behind the car is set by the faster of the car and
-    the recorded car (the speed of the traffic it drove in), not by the car alone (see
-    :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C, H,
-    W): images of the traffic along the recorded car's path to use instead of the model's
+    gradient with respect to the actions, not the states), whose variances (``variances``
+    (B, T / u_stride, 3)) become, given ``u_stats`` (measured the same way on the expert's
+    actions, :func:`expert_uncertainty_stats`), the cost ``uncertainty`` (B, T / u_stride):
+    actions and states the model has not seen cost more. The safe distance behind the car is
+    set by the faster of the car and the recorded car (the speed of the traffic it drove in),
+    not by the car alone (see :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C,
+    H, W): images of the traffic along the recorded car's path to use instead of the model's
     predictions (e.g. the recorded ones: the replay simulator itself, made differentiable).
     ``start`` (B, 3): the car starts displaced from the recorded car by (along [m], across
     [m], speed [m/s]), its history images and states shifted with it: states the expert
