@@ -381,6 +381,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
     if cfg.lambda_u is not None:
+        if not cfg.lambda_u >= 0:
+            raise UserError(f"--lambda-u must be at least 0, got {cfg.lambda_u}")
         preset = dataclasses.replace(preset, weights=dataclasses.replace(preset.weights, uncertainty=cfg.lambda_u))
     if cfg.val_episodes is not None:
         preset = dataclasses.replace(preset, val_episodes=cfg.val_episodes)

@@ -805,6 +805,9 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
         with pytest.raises(UserError, match="--start-noise takes"):
             train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), start_noise=bad,
                                            out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--lambda-u must"):
+        train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]), lambda_u=-1.0,
+                                       out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--rear-weight must"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), rear_weight=2.0,
                                        out=str(tmp_path / "n"), **common))
