@@ -57,7 +57,7 @@ def main() -> None:
     hist = batch["images"][:, :n].float() / 255.0
     states, size = batch["states"][:, :n], batch["car_size"]
     expert = batch["actions"][:, n - 1]
-    moves = [float(v) for v in args.steps.split(",")]
+    moves = sorted({float(v) for v in args.steps.split(",")} | {0.0})  # the expert's own action too
     w = CostWeights()
     variances = {}
     with torch.no_grad():
@@ -80,6 +80,7 @@ def main() -> None:
         vs = "" if name == "+0 std" else \
             f"{(c < base).float().mean().item():.0%} / {(c > base).float().mean().item():.0%}"
         print(f"{name:<12} {c.mean().item():>16.3f} {vs:>25} {'  '.join(f'{x:+.2f}' for x in z.tolist()):>32}")
+
 
 if __name__ == "__main__":
     main()
