@@ -312,18 +312,17 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         return net(hist, st)
 
     w = preset.weights
+    k = preset.k_dropout if method == "mpur" else 1  # dropout samples of the uncertainty cost
     if preset.separate_ego:
         recorded = batch["images"][:, n:n + preset.horizon] if preset.world == "recorded" else None
         start = None
         if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
             start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)
-        k = preset.k_dropout if method == "mpur" else 1
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
                               batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
                               rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
                               u_stride=preset.u_stride, weights=w)
     else:
-        k = preset.k_dropout if method == "mpur" else 1
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
                     k_dropout=k, u_stats=u_stats if method == "mpur" else None,
                     kinematic_gradient=preset.kinematic_gradient and method != "mper")
