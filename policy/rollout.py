@@ -191,7 +191,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
                       expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None,
                       world: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
                       rear_weight: float = 1.0, k_dropout: int = 1, u_stats: Optional[dict] = None,
-                      u_stride: int = 8, weights: CostWeights = CostWeights()) -> dict:
+                      u_stride: int = 8, weights: CostWeights = CostWeights(),
+                      u_through_states: bool = False) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -208,7 +209,11 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     gradient with respect to the actions, not the states), whose variances (``variances``
     (B, T / u_stride, 3)) become, given ``u_stats`` (measured the same way on the expert's
     actions, :func:`expert_uncertainty_stats`), the cost ``uncertainty`` (B, T / u_stride):
-    actions and states the model has not seen cost more. The safe distance behind the car is
+    actions and states the model has not seen cost more. ``u_through_states``: its gradient
+    goes through the car's position and velocity too (the frame it sees now, placed by its
+    offset, and its states), i.e. back to every earlier action, so that the policy learns to
+    keep out of states where the model is unsure (too close to a vehicle, between lanes), not
+    only to avoid unusual actions. The safe distance behind the car is
     set by the faster of the car and the recorded car (the speed of the traffic it drove in),
     not by the car alone (see :func:`policy.costs.image_costs`). ``world`` (B, >= horizon, C,
     H, W): images of the traffic along the recorded car's path to use instead of the model's
@@ -236,10 +241,13 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     out = {"images": [], "states": [], "actions": [], "costs": [], "offsets": []}
     k = max(int(k_dropout), 1)
     measured = []  # (history, states, action) where the uncertainty is measured
+    offset = None
     for t in range(horizon):
         hist = torch.stack(frames[-n:], 1)
         action = actor(hist, states, t)  # (B, 2)
         if k > 1 and t % u_stride == 0:
+            if u_through_states and offset is not None:  # the last frame, placed with gradient
+                hist = torch.cat([hist[:, :-1], shift_images(world[:, t - 1], offset)[:, None]], 1)
             measured.append((hist, states, action))
         ego.step(action)
         with torch.no_grad():
@@ -256,10 +264,10 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         states = torch.cat([states[:, 1:], state[:, None]], 1)
     result = {key: torch.stack(v, 1) for key, v in out.items()}
     if measured:
-        # step-major: (T' * B, ...). The gradient goes through the actions alone: through the
-        # states it would run back through the model's move of every past frame, 5x the cost
+        # step-major: (T' * B, ...). By default the gradient goes through the actions alone:
+        # through the states it runs back through the model's move of every past frame
         hist, past, action = (torch.cat(x) for x in zip(*measured))
-        var = step_variances(model, hist, past.detach(), action, car_size.repeat(len(measured), 1), stats, weights, k)
+        var = step_variances(model, hist, past if u_through_states else past.detach(), action, car_size.repeat(len(measured), 1), stats, weights, k)
         result["variances"] = var.view(len(measured), b, -1).transpose(0, 1)  # (B, T', 3)
         if u_stats is not None:
             result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)

@@ -91,6 +91,8 @@ class PolicyPreset:
     start_noise: tuple = (0.0, 0.0, 0.0)
     rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
     u_stride: int = 8  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
+    # with separate_ego, mpur: the uncertainty's gradient also goes through the car's states
+    u_through_states: bool = False
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
@@ -171,6 +173,10 @@ class TrainPolicyConfig:
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
+    uncertainty_through_states: Optional[bool] = doc(
+        "with mpur --separate-ego: the uncertainty cost's gradient goes through the car's position and "
+        "speed as well as its actions, back to every earlier action, so that the policy keeps out of states "
+        "where the model is unsure (default: the preset's, off: the actions only)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -321,7 +327,7 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
                               batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
                               rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
-                              u_stride=preset.u_stride, weights=w)
+                              u_stride=preset.u_stride, weights=w, u_through_states=preset.u_through_states)
     else:
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
                     k_dropout=k, u_stats=u_stats if method == "mpur" else None,
@@ -425,6 +431,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not preset.separate_ego:
             raise UserError("--rear-weight applies with --separate-ego")
         preset = dataclasses.replace(preset, rear_weight=cfg.rear_weight)
+    if cfg.uncertainty_through_states is not None:
+        if cfg.uncertainty_through_states and not (preset.separate_ego and cfg.method == "mpur"):
+            raise UserError("--uncertainty-through-states applies to mpur with --separate-ego")
+        preset = dataclasses.replace(preset, u_through_states=cfg.uncertainty_through_states)
     if preset.world != "model" and not preset.separate_ego:
         raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):

@@ -435,6 +435,14 @@ def test_separated_uncertainty_is_one_batched_pass_of_one_step_predictions(stoch
     grad = actions.grad.abs().sum(-1)[0]  # per step
     assert (grad[[0, 2, 4]] > 0).all()  # through the measured actions only, not the states
     assert (grad[[1, 3, 5]] == 0).all()
+    # through the states as well: every action before the last measured step counts (it moved the
+    # car), the last one measures nothing
+    actions.grad = None
+    r = rollout_separated(model, lambda h, st, t: actions[:, t], images, states, size, 6, STATS,
+                          torch.zeros(2, 6, 2), k_dropout=5, u_stats=u_stats, u_stride=2, u_through_states=True)
+    r["uncertainty"].sum().backward()
+    grad = actions.grad.abs().sum(-1)[0]
+    assert (grad[:5] > 0).all() and grad[5] == 0
     # without K, no variances and no dropout pass
     calls.clear()
     r = rollout_separated(model, lambda h, st, t: actions[:, t].detach(), images, states, size, 6, STATS,
@@ -491,6 +499,32 @@ def test_uncertainty_is_higher_for_unusual_actions_than_for_the_expert(trained):
         var[name] = r["variances"].mean((0, 1))
     assert var["unusual"][1] > 2 * var["expert"][1], var
     assert var["unusual"].sum() > var["expert"].sum(), var
+
+
+def test_uncertainty_is_higher_between_lanes_than_on_the_expert_path(trained):
+    """The model is less sure of what comes next when the car stands where no recorded car
+    stood, half a lane to the side (on the lane marking), than where the expert was: the
+    uncertainty that ``--uncertainty-through-states`` teaches the policy to keep out of (here
+    in the variance of the predicted cost: the image's own variance is not higher on a model this
+    small)."""
+    from data.dataset import Dataset, WindowSampler
+    from policy.rollout import displace_start, step_variances
+    from world_model.train import load_model
+
+    model, ckpt = load_model(trained["deterministic"])
+    ds = Dataset.open(trained["dataset"])
+    batch = WindowSampler(ds, "train", 4, 1, batch_size=64, seed=6).sample()
+    n = model.config.n_cond
+    images, states, size = batch["images"][:, :n].float() / 255.0, batch["states"][:, :n], batch["car_size"]
+    action = batch["actions"][:, n - 1]
+    torch.manual_seed(0)
+    var = {}
+    for name, across in (("expert", 0.0), ("between lanes", 1.8)):
+        h, s = displace_start(images, states, torch.tensor([0.0, across, 0.0]).expand(64, 3), ckpt["stats"])
+        with torch.no_grad():
+            var[name] = step_variances(model, h, s, action, size, ckpt["stats"], CostWeights(), 10).mean(0)
+    assert var["between lanes"][2] > 1.5 * var["expert"][2], var  # the cost
+    assert var["between lanes"].sum() > var["expert"].sum(), var
 
 
 @pytest.mark.parametrize("method", ["il", "mper", "vg", "svg", "mpur"])
@@ -781,6 +815,13 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     # the uncertainty cost on the car's own path, its scale measured with the world separated
     assert ckpt["u_stats"]["u_stride"] == 2 and ckpt["u_stats"]["k_dropout"] == 2
     assert list(trained["stochastic"].parent.glob("uncertainty-k2-h4-sep-s2.json"))
+    assert ckpt["preset"]["u_through_states"] is False
+    st = train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]),
+                                        uncertainty_through_states=True, out=str(tmp_path / "st"), **common))
+    assert load_policy(st / "checkpoint.pt")[1]["preset"]["u_through_states"] is True
+    with pytest.raises(UserError, match="--uncertainty-through-states applies"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]),
+                                       uncertainty_through_states=True, out=str(tmp_path / "v"), **common))
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows and all(float(r["uncertainty"]) >= 0 for r in rows)
     # the preset's separated settings: one state, a gradient clip of 1, displaced starts, a braking
