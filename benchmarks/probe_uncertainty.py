@@ -10,10 +10,11 @@ with dropout on (``policy.rollout.step_variances``, as the uncertainty cost of
 acceleration moved by each step (in standard deviations of the expert's accelerations), and
 for no action. The variances are normalised by the model's expert statistics for the
 separated training (the ``uncertainty-k<K>-h40-sep-s8.json`` beside the model, written by
-that training; without it, by the expert action's variances on the same windows), and the cost is their positive part above the hinge, as in training. An
-uncertainty cost that teaches the policy to stay where the model knows the world is lowest at
-the expert's action; one that is lowest at a fixed action (no acceleration) pulls every
-action towards it, whatever the traffic asks for.
+that training; without it, by the expert action's variances on the same windows), and the
+cost is their positive part above the hinge, as in training. An uncertainty cost that
+teaches the policy to stay where the model knows the world is lowest at the expert's action;
+one that is lowest at a fixed action (no acceleration) pulls every action towards it,
+whatever the traffic asks for.
 
 A second table does the same for the expert's action from states the expert did not visit:
 the car's history moved ahead, behind, to the side or made faster and slower

@@ -267,7 +267,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         # step-major: (T' * B, ...). By default the gradient goes through the actions alone:
         # through the states it runs back through the model's move of every past frame
         hist, past, action = (torch.cat(x) for x in zip(*measured))
-        var = step_variances(model, hist, past if u_through_states else past.detach(), action, car_size.repeat(len(measured), 1), stats, weights, k)
+        var = step_variances(model, hist, past if u_through_states else past.detach(), action,
+                             car_size.repeat(len(measured), 1), stats, weights, k)
         result["variances"] = var.view(len(measured), b, -1).transpose(0, 1)  # (B, T', 3)
         if u_stats is not None:
             result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)
