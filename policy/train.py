@@ -49,7 +49,7 @@ METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic"
                 "mper": "deterministic", "il": None}
 CHECKPOINT_VERSION = 1
 LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation",
-              "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
+              "u_grad_ratio", "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ class PolicyPreset:
     u_stride: int = 8  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
     # with separate_ego, mpur: the uncertainty's gradient also goes through the car's states
     u_through_states: bool = False
+    # mpur: the uncertainty cost's gradient rescaled at every step to this multiple of the
+    # norm of the costs' gradient, instead of weighted by weights.uncertainty (None: weighted)
+    u_grad_ratio: Optional[float] = None
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
@@ -177,6 +180,10 @@ class TrainPolicyConfig:
         "with mpur --separate-ego: the uncertainty cost's gradient goes through the car's position and "
         "speed as well as its actions, back to every earlier action, so that the policy keeps out of states "
         "where the model is unsure (default: the preset's, off: the actions only)", None)
+    u_gradient_ratio: Optional[float] = doc(
+        "with mpur: rescale the uncertainty cost's gradient at every step to this multiple of the norm of "
+        "the costs' gradient (its direction kept), instead of weighting the cost by lambda_u; the two "
+        "gradients' scales differ by tens of times and change during training (default: off)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -345,10 +352,50 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         if "uncertainty" in r:
             u = r["uncertainty"]  # (B, T), or (B, T / u_stride) with the world separated
             stride = preset.u_stride if preset.separate_ego else 1
-            loss = loss + w.uncertainty * discounted(u, w.gamma ** stride)
+            u_loss = discounted(u, w.gamma ** stride)
             metrics["uncertainty"] = u.mean().detach()
+            if preset.u_grad_ratio is not None:  # BalancedStep combines the two gradients
+                metrics["loss"] = loss.detach()
+                return (loss, u_loss), metrics
+            loss = loss + w.uncertainty * u_loss
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+class BalancedStep(GuardedStep):
+    """An update whose loss is a pair (costs, uncertainty): the parameters' gradient is the
+    costs' gradient plus the uncertainty's, rescaled to ``ratio`` times the norm of the costs'
+    (``--u-gradient-ratio``). The uncertainty's own norm over the costs' is kept in
+    ``raw_ratios`` for the log. A plain loss is applied as :class:`GuardedStep` does."""
+
+    def __init__(self, opt, params, grad_clip: float, ratio: float):
+        super().__init__(opt, params, grad_clip)
+        self.ratio = ratio
+        self.raw_ratios = []
+
+    def backward(self, loss):
+        if not isinstance(loss, tuple):
+            return super().backward(loss)
+        cost_loss, u_loss = loss
+        g_cost = torch.autograd.grad(cost_loss, self.params, retain_graph=True, allow_unused=True)
+        g_u = torch.autograd.grad(u_loss, self.params, allow_unused=True)
+        g_cost = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, g_cost)]
+        g_u = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, g_u)]
+        n_cost = torch.sqrt(sum((g.float() ** 2).sum() for g in g_cost))
+        n_u = torch.sqrt(sum((g.float() ** 2).sum() for g in g_u))
+        scale = torch.where(n_u > 0, self.ratio * n_cost / n_u.clamp_min(1e-30), torch.zeros_like(n_u))
+        for p, gc, gu in zip(self.params, g_cost, g_u):
+            p.grad = gc + scale.to(gu.dtype) * gu
+        self.raw_ratios.append((n_u / n_cost.clamp_min(1e-30)).detach())
+        return cost_loss.detach() + u_loss.detach()  # finite when both are
+
+    def pop_ratio(self) -> Optional[float]:
+        """Mean of the raw ratios since the last call (None: none)."""
+        if not self.raw_ratios:
+            return None
+        mean = float(torch.stack(self.raw_ratios).mean())
+        self.raw_ratios = []
+        return mean
 
 
 # ---------------------------------------------------------------------- training
@@ -435,6 +482,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if cfg.uncertainty_through_states and not (preset.separate_ego and cfg.method == "mpur"):
             raise UserError("--uncertainty-through-states applies to mpur with --separate-ego")
         preset = dataclasses.replace(preset, u_through_states=cfg.uncertainty_through_states)
+    if cfg.u_gradient_ratio is not None:
+        if cfg.method != "mpur":
+            raise UserError("--u-gradient-ratio applies to mpur")
+        if not cfg.u_gradient_ratio >= 0:
+            raise UserError(f"--u-gradient-ratio must be at least 0, got {cfg.u_gradient_ratio}")
+        preset = dataclasses.replace(preset, u_grad_ratio=cfg.u_gradient_ratio)
     if preset.world != "model" and not preset.separate_ego:
         raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):
@@ -547,9 +600,15 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         with autocast(device, dtype):
             return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
 
+    update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio)
+              if preset.u_grad_ratio is not None and cfg.method == "mpur"
+              else GuardedStep(opt, net.parameters(), preset.grad_clip))
+
     def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
         row.update({k: v for k, v in means.items() if k in LOG_FIELDS})
+        if isinstance(update, BalancedStep):
+            row["u_grad_ratio"] = update.pop_ratio()
         row.update(val or {})
         log.write(row)
         post = {"loss": f"{row.get('loss', math.nan):.4g}"}
@@ -568,7 +627,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     net.train()
     try:
         interrupted = run_training(
-            progress, total_steps, compute_loss, GuardedStep(opt, net.parameters(), preset.grad_clip),
+            progress, total_steps, compute_loss, update,
             val_every=preset.val_every, log_every=preset.log_every,
             validate=validation if validation is not None else dict,
             on_log=on_log, on_validated=on_validated,

@@ -824,6 +824,19 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
                                        uncertainty_through_states=True, out=str(tmp_path / "v"), **common))
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows and all(float(r["uncertainty"]) >= 0 for r in rows)
+    assert all(r["u_grad_ratio"] == "" for r in rows)  # weighted by lambda_u: no ratio logged
+    # the uncertainty's gradient rescaled to the costs': the raw ratio of their norms is logged
+    bal = train_policy(TrainPolicyConfig(method="mpur", steps=2, model=str(trained["stochastic"]),
+                                         uncertainty_through_states=True, u_gradient_ratio=0.5,
+                                         out=str(tmp_path / "bal"), **common))
+    assert load_policy(bal / "checkpoint.pt")[1]["preset"]["u_grad_ratio"] == 0.5
+    bal_rows = list(csv.DictReader(open(bal / "log.csv")))
+    assert bal_rows and all(float(r["u_grad_ratio"]) > 0 for r in bal_rows)
+    for bad, message in (({"method": "vg", "model": str(trained["deterministic"])}, "applies to mpur"),
+                         ({"method": "mpur", "model": str(trained["stochastic"])}, "at least 0")):
+        with pytest.raises(UserError, match=message):
+            train_policy(TrainPolicyConfig(steps=1, u_gradient_ratio=-1.0 if message == "at least 0" else 0.5,
+                                           out=str(tmp_path / "bad"), **bad, **common))
     # the preset's separated settings: one state, a gradient clip of 1, displaced starts, a braking
     # bound (tiny: horizon 4)
     preset = ckpt["preset"]
@@ -867,3 +880,24 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     with pytest.raises(UserError, match="--world applies"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), world="recorded",
                                        out=str(tmp_path / "w"), **{**common, "separate_ego": False}))
+
+
+def test_balanced_step_rescales_the_uncertainty_gradient_to_the_costs():
+    from policy.train import BalancedStep
+
+    a, b = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 10.0])
+    w = torch.zeros(3, requires_grad=True)
+    step = BalancedStep(torch.optim.SGD([w], lr=0.1), [w], grad_clip=100.0, ratio=0.5)
+    assert step(((w * a).sum(), (w * b).sum()), 0)
+    # the costs' gradient (norm 5) plus the uncertainty's rescaled to 0.5 x 5 = 2.5
+    assert torch.allclose(w.grad, torch.tensor([3.0, 4.0, 2.5]))
+    assert torch.allclose(w.detach(), torch.tensor([-0.3, -0.4, -0.25]))
+    assert step.pop_ratio() == pytest.approx(2.0) and step.pop_ratio() is None  # |b| / |a|
+    # an uncertainty without gradient adds nothing (and no NaN); a plain loss is applied as is
+    w2 = torch.zeros(3, requires_grad=True)
+    step2 = BalancedStep(torch.optim.SGD([w2], lr=0.1), [w2], grad_clip=100.0, ratio=0.5)
+    assert step2(((w2 * a).sum(), (w2.detach() * b).sum() + torch.zeros((), requires_grad=True)), 0)
+    assert torch.allclose(w2.grad, a)
+    assert step2((w2 * b).sum(), 1) and torch.allclose(w2.grad, b)
+    # a non-finite uncertainty skips the batch
+    assert not step2(((w2 * a).sum(), (w2 * b).sum() * float("nan")), 2)

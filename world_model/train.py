@@ -267,10 +267,15 @@ class GuardedStep:
         self.grad_clip = grad_clip
         self.skipped = 0
 
-    def __call__(self, loss: torch.Tensor, step: int) -> bool:
+    def backward(self, loss) -> torch.Tensor:
+        """Set the parameters' gradients from ``loss``; return the loss as one tensor."""
+        loss.backward()
+        return loss
+
+    def __call__(self, loss, step: int) -> bool:
         """Backward and update; False when the batch was skipped."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.backward(loss)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             self.skipped += 1
