@@ -49,7 +49,7 @@ METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic"
                 "mper": "deterministic", "il": None}
 CHECKPOINT_VERSION = 1
 LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation",
-              "u_grad_ratio", "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
+              "u_grad_ratio", "u_grad_cos", "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ class PolicyPreset:
     # mpur: the uncertainty cost's gradient rescaled at every step to this multiple of the
     # norm of the costs' gradient, instead of weighted by weights.uncertainty (None: weighted)
     u_grad_ratio: Optional[float] = None
+    # with u_grad_ratio: the part of the uncertainty's gradient that points against the
+    # costs' is removed first (it may then only act in directions that leave the costs alone)
+    u_grad_project: bool = False
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
@@ -184,6 +187,10 @@ class TrainPolicyConfig:
         "with mpur: rescale the uncertainty cost's gradient at every step to this multiple of the norm of "
         "the costs' gradient (its direction kept), instead of weighting the cost by lambda_u; the two "
         "gradients' scales differ by tens of times and change during training (default: off)", None)
+    u_gradient_project: Optional[bool] = doc(
+        "with --u-gradient-ratio: first remove the part of the uncertainty's gradient that points against "
+        "the costs' gradient, so that it acts only in directions that leave the costs alone (default: off)",
+        None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -365,37 +372,50 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
 class BalancedStep(GuardedStep):
     """An update whose loss is a pair (costs, uncertainty): the parameters' gradient is the
     costs' gradient plus the uncertainty's, rescaled to ``ratio`` times the norm of the costs'
-    (``--u-gradient-ratio``). The uncertainty's own norm over the costs' is kept in
-    ``raw_ratios`` for the log. A plain loss is applied as :class:`GuardedStep` does."""
+    (``--u-gradient-ratio``); with ``project``, the uncertainty's component against the
+    costs' gradient is removed before the rescaling (``--u-gradient-project``). The
+    uncertainty's raw norm over the costs' and the cosine between them are kept for the log.
+    A plain loss is applied as :class:`GuardedStep` does."""
 
-    def __init__(self, opt, params, grad_clip: float, ratio: float):
+    def __init__(self, opt, params, grad_clip: float, ratio: float, project: bool = False):
         super().__init__(opt, params, grad_clip)
-        self.ratio = ratio
-        self.raw_ratios = []
+        self.ratio, self.project = ratio, project
+        self.kept = []  # (raw norm ratio, cosine) per step since the last log row
 
     def backward(self, loss):
         if not isinstance(loss, tuple):
             return super().backward(loss)
         cost_loss, u_loss = loss
-        g_cost = torch.autograd.grad(cost_loss, self.params, retain_graph=True, allow_unused=True)
-        g_u = torch.autograd.grad(u_loss, self.params, allow_unused=True)
-        g_cost = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, g_cost)]
-        g_u = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, g_u)]
-        n_cost = torch.sqrt(sum((g.float() ** 2).sum() for g in g_cost))
-        n_u = torch.sqrt(sum((g.float() ** 2).sum() for g in g_u))
+        g_cost = flat_grad(cost_loss, self.params, retain_graph=True)
+        g_u = flat_grad(u_loss, self.params)
+        n_cost, n_u = g_cost.norm(), g_u.norm()
+        dot = torch.dot(g_cost, g_u)
+        self.kept.append(torch.stack([n_u / n_cost.clamp_min(1e-30), dot / (n_cost * n_u).clamp_min(1e-30)]))
+        if self.project:  # only the part that does not point against the costs
+            g_u = g_u - dot.clamp(max=0.0) / (n_cost ** 2).clamp_min(1e-30) * g_cost
+            n_u = g_u.norm()
         scale = torch.where(n_u > 0, self.ratio * n_cost / n_u.clamp_min(1e-30), torch.zeros_like(n_u))
-        for p, gc, gu in zip(self.params, g_cost, g_u):
-            p.grad = gc + scale.to(gu.dtype) * gu
-        self.raw_ratios.append((n_u / n_cost.clamp_min(1e-30)).detach())
+        combined = g_cost + scale * g_u
+        offset = 0
+        for p in self.params:
+            p.grad = combined[offset:offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
         return cost_loss.detach() + u_loss.detach()  # finite when both are
 
-    def pop_ratio(self) -> Optional[float]:
-        """Mean of the raw ratios since the last call (None: none)."""
-        if not self.raw_ratios:
-            return None
-        mean = float(torch.stack(self.raw_ratios).mean())
-        self.raw_ratios = []
-        return mean
+    def pop_means(self) -> dict:
+        """Mean raw norm ratio and cosine since the last call (empty: no step)."""
+        if not self.kept:
+            return {}
+        ratio, cos = torch.stack(self.kept).mean(0).tolist()
+        self.kept = []
+        return {"u_grad_ratio": ratio, "u_grad_cos": cos}
+
+
+def flat_grad(loss: torch.Tensor, params: list, retain_graph: bool = False) -> torch.Tensor:
+    """The gradient of ``loss`` with respect to ``params`` as one float32 vector (zeros for
+    parameters it does not reach)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
 
 
 # ---------------------------------------------------------------------- training
@@ -488,6 +508,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not cfg.u_gradient_ratio >= 0:
             raise UserError(f"--u-gradient-ratio must be at least 0, got {cfg.u_gradient_ratio}")
         preset = dataclasses.replace(preset, u_grad_ratio=cfg.u_gradient_ratio)
+    if cfg.u_gradient_project is not None:
+        if cfg.u_gradient_project and preset.u_grad_ratio is None:
+            raise UserError("--u-gradient-project applies with --u-gradient-ratio")
+        preset = dataclasses.replace(preset, u_grad_project=cfg.u_gradient_project)
     if preset.world != "model" and not preset.separate_ego:
         raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):
@@ -600,7 +624,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         with autocast(device, dtype):
             return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
 
-    update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio)
+    update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio, preset.u_grad_project)
               if preset.u_grad_ratio is not None and cfg.method == "mpur"
               else GuardedStep(opt, net.parameters(), preset.grad_clip))
 
@@ -608,7 +632,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
         row.update({k: v for k, v in means.items() if k in LOG_FIELDS})
         if isinstance(update, BalancedStep):
-            row["u_grad_ratio"] = update.pop_ratio()
+            row.update(update.pop_means())
         row.update(val or {})
         log.write(row)
         post = {"loss": f"{row.get('loss', math.nan):.4g}"}

@@ -831,7 +831,10 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
                                          out=str(tmp_path / "bal"), **common))
     assert load_policy(bal / "checkpoint.pt")[1]["preset"]["u_grad_ratio"] == 0.5
     bal_rows = list(csv.DictReader(open(bal / "log.csv")))
-    assert bal_rows and all(float(r["u_grad_ratio"]) > 0 for r in bal_rows)
+    assert bal_rows and all(float(r["u_grad_ratio"]) > 0 and -1 <= float(r["u_grad_cos"]) <= 1 for r in bal_rows)
+    with pytest.raises(UserError, match="--u-gradient-project applies"):
+        train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]),
+                                       u_gradient_project=True, out=str(tmp_path / "p"), **common))
     for bad, message in (({"method": "vg", "model": str(trained["deterministic"])}, "applies to mpur"),
                          ({"method": "mpur", "model": str(trained["stochastic"])}, "at least 0")):
         with pytest.raises(UserError, match=message):
@@ -892,7 +895,16 @@ def test_balanced_step_rescales_the_uncertainty_gradient_to_the_costs():
     # the costs' gradient (norm 5) plus the uncertainty's rescaled to 0.5 x 5 = 2.5
     assert torch.allclose(w.grad, torch.tensor([3.0, 4.0, 2.5]))
     assert torch.allclose(w.detach(), torch.tensor([-0.3, -0.4, -0.25]))
-    assert step.pop_ratio() == pytest.approx(2.0) and step.pop_ratio() is None  # |b| / |a|
+    assert step.pop_means() == pytest.approx({"u_grad_ratio": 2.0, "u_grad_cos": 0.0})  # |b| / |a|
+    assert step.pop_means() == {}
+    # against the costs: kept as it is, or its opposing part removed first (--u-gradient-project)
+    c = torch.tensor([-3.0, -4.0, 5.0])  # cosine with a: -25 / (5 x 50^0.5)
+    for project, expected in ((False, a + 2.5 / 50 ** 0.5 * c), (True, torch.tensor([3.0, 4.0, 2.5]))):
+        w3 = torch.zeros(3, requires_grad=True)
+        step3 = BalancedStep(torch.optim.SGD([w3], lr=0.1), [w3], grad_clip=100.0, ratio=0.5, project=project)
+        assert step3(((w3 * a).sum(), (w3 * c).sum()), 0)
+        assert torch.allclose(w3.grad, expected)
+        assert step3.pop_means() == pytest.approx({"u_grad_ratio": 50 ** 0.5 / 5, "u_grad_cos": -(0.5 ** 0.5)})
     # an uncertainty without gradient adds nothing (and no NaN); a plain loss is applied as is
     w2 = torch.zeros(3, requires_grad=True)
     step2 = BalancedStep(torch.optim.SGD([w2], lr=0.1), [w2], grad_clip=100.0, ratio=0.5)
