@@ -9,7 +9,8 @@ and each kind of collision) it prints the median time of the end, the offset and
 difference at the end; then, for the collisions with a vehicle ahead, the share of their last
 3 s spent braking at the policy's own braking bound. A car that ends far ahead of the recorded
 car and faster than it did not slow down when the traffic did; one that brakes at its bound
-for seconds before the collision could not brake harder.
+for seconds before the collision could not brake harder. A second table follows the live cars'
+offsets over time: how soon and how far they leave the recorded car's place.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from traffic_sim.evaluate import run_episodes  # noqa: E402
 from traffic_sim.sim import DT, HIT_KINDS  # noqa: E402
 
 LAST_S = 3.0  # [s] window before a collision that is examined
+DRIFT_TIMES = (1, 2, 5, 7, 10, 15, 20)  # [s] times at which the live cars' offsets are summarised
 AT_BOUND = 0.95  # a braking within this fraction of the bound counts as at the bound
 
 
@@ -88,6 +90,19 @@ def probe(path: str, split: str, episodes) -> None:
         print(f"{name:10s} {mask.mean():6.1%} {np.median(out['time'][mask]):8.1f} "
               f"{np.nanmedian(along):+9.1f} (10-90%: {np.nanpercentile(along, 10):+5.1f}, "
               f"{np.nanpercentile(along, 90):+5.1f}) {np.nanmedian(at_end['dv'][mask]):+13.1f}")
+    print(f"{'time [s]':>8s} {'live':>5s} {'ahead of recorded car [m]':>26s} {'faster [m/s]':>13s} "
+          f"{'>10 m ahead':>12s} {'>10 m behind':>13s}")
+    for t_s in DRIFT_TIMES:
+        i = int(round(t_s / DT))
+        if i >= live.shape[0]:
+            break
+        along, dv = series["along"][i], series["dv"][i]
+        m = live[i] & np.isfinite(along)
+        if not m.any():
+            break
+        a = along[m]
+        print(f"{t_s:8.0f} {m.sum():5d} {np.median(a):+9.1f} (10-90%: {np.percentile(a, 10):+5.1f}, "
+              f"{np.percentile(a, 90):+5.1f}) {np.median(dv[m]):+13.1f} {np.mean(a > 10):12.0%} {np.mean(a < -10):13.0%}")
     front = np.flatnonzero(hit == HIT_KINDS.index("front"))
     if len(front):
         n_last = int(round(LAST_S / DT))
