@@ -228,9 +228,7 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     b, n = images.shape[:2]
     expert_actions = expert_actions[:, :horizon].detach()
     if world is None:
-        with torch.no_grad():
-            world = rollout(model, lambda hist, st, t: expert_actions[:, t], images, states, car_size,
-                            horizon, stats, CostWeights(), z=z)["images"]  # (B, T, C, H, W)
+        world = predicted_world(model, images, states, car_size, horizon, stats, expert_actions, z)
     elif world.dtype == torch.uint8:
         world = world.float() / 255.0
     path = EgoKinematics(states[:, -1], stats)  # the recorded car, which the images follow
@@ -273,6 +271,18 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
         if u_stats is not None:
             result["uncertainty"] = uncertainty_cost(result["variances"], u_stats, weights.hinge)
     return result
+
+
+def predicted_world(model, images: torch.Tensor, states: torch.Tensor, car_size: torch.Tensor, horizon: int,
+                    stats: dict, expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, T, C, H, W) the traffic the model predicts along the recorded car's path (its
+    normalised actions ``expert_actions`` (B, >= horizon, 2)), without gradient."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    expert_actions = expert_actions[:, :horizon].detach()
+    with torch.no_grad():
+        return rollout(model, lambda hist, st, t: expert_actions[:, t], images, states, car_size,
+                       horizon, stats, CostWeights(), z=z)["images"]
 
 
 def displace_start(images: torch.Tensor, states: torch.Tensor, start: torch.Tensor, stats: dict) -> tuple:

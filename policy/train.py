@@ -42,7 +42,8 @@ from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, Progress, a
 
 from .driver import BEST, POLICY_KIND, Driver
 from .net import PolicyConfig, PolicyNet
-from .rollout import CostWeights, discounted, expert_uncertainty_stats, rollout, rollout_separated
+from .rollout import (CostWeights, discounted, expert_uncertainty_stats, predicted_world, rollout,
+                      rollout_separated)
 
 METHODS = ("mpur", "svg", "vg", "mper", "il")
 METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic",
@@ -85,7 +86,7 @@ class PolicyPreset:
     # the world separated from the car: the model predicts the traffic along the recorded
     # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
     separate_ego: bool = False
-    world: str = "model"  # with separate_ego: the traffic predicted by the model, or "recorded"
+    world: str = "model"  # with separate_ego: the traffic predicted by the model, "recorded", or "mixed"
     # with separate_ego: half-widths of uniform perturbations of the car's start from the
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
@@ -165,7 +166,8 @@ class TrainPolicyConfig:
     world: Optional[str] = doc(
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
         "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "
-        "perfect model would give; default: the preset's, model)", None, choices=["model", "recorded"])
+        "perfect model would give) or 'mixed' (each training window among one or the other, at random, "
+        "half each; default: the preset's, model)", None, choices=["model", "recorded", "mixed"])
     start_noise: Optional[str] = doc(
         "with --separate-ego: ALONG,ACROSS,SPEED, half-widths [m, m, m/s] of uniform perturbations of "
         "the car's start from the recorded car's, so that it learns to recover from states the expert "
@@ -334,7 +336,15 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     w = preset.weights
     k = preset.k_dropout if method == "mpur" else 1  # dropout samples of the uncertainty cost
     if preset.separate_ego:
-        recorded = batch["images"][:, n:n + preset.horizon] if preset.world == "recorded" else None
+        recorded = batch["images"][:, n:n + preset.horizon] if preset.world != "model" else None
+        if preset.world == "mixed":  # each window among the recorded or the predicted traffic
+            among_recorded = torch.rand(len(images)) < 0.5  # drawn on the CPU: the same on every device
+            predicted = predicted_world(model, images, states, batch["car_size"], preset.horizon, stats,
+                                        batch["actions"][:, n - 1:n - 1 + preset.horizon])
+            if recorded.dtype == torch.uint8:
+                recorded = recorded.float() / 255.0
+            recorded = torch.where(among_recorded.to(images.device)[:, None, None, None, None],
+                                   recorded.to(predicted.dtype), predicted)
         start = None
         if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
             start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)

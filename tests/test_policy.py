@@ -855,6 +855,9 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     # cosine decay over 2 steps: the second step ran at half the rate
     assert torch.load(rec / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == \
         pytest.approx(1e-4)
+    mixed = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]), world="mixed",
+                                           out=str(tmp_path / "mixed"), **common))
+    assert load_policy(mixed / "checkpoint.pt")[1]["preset"]["world"] == "mixed"
     with pytest.raises(UserError, match="--action-bound"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), action_bound=0.0,
                                        out=str(tmp_path / "n"), **common))
