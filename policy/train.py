@@ -635,8 +635,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
 
     update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio, preset.u_grad_project)
-              if preset.u_grad_ratio is not None and cfg.method == "mpur"
-              else GuardedStep(opt, net.parameters(), preset.grad_clip))
+              if preset.u_grad_ratio is not None else GuardedStep(opt, net.parameters(), preset.grad_clip))
 
     def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
