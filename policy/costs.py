@@ -30,7 +30,8 @@ def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
 
 def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor,
                 offset: Optional[torch.Tensor] = None,
-                rear_speed: Optional[torch.Tensor] = None, rear_weight: float = 1.0) -> torch.Tensor:
+                rear_speed: Optional[torch.Tensor] = None, rear_weight: float = 1.0,
+                reach: Optional[float] = None) -> torch.Tensor:
     """Costs of cars from their state images.
 
     images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
@@ -43,7 +44,9 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
 
     ``rear_speed`` (...) [m/s]: the speed that sets the safe distance behind the car (default:
     its own); ``rear_weight``: the proximity mask behind the car is scaled by it (1: the
-    symmetric mask of method.md).
+    symmetric mask of method.md). ``reach`` [m]: how far beyond half the car's width the
+    proximity mask falls to 0 sideways (default: ``PROX_REACH``, the neighbouring lane of
+    method.md; half a lane counts only the vehicles in the car's own lane).
     """
     lead = images.shape[:-3]
     img = images.reshape(-1, *images.shape[-3:]).float()  # (N, C, H, W)
@@ -64,7 +67,7 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     prox_along = _ramp(along, half_length, safe)  # (N, H)
     if rear_weight != 1.0:
         prox_along = prox_along * torch.where(along >= 0, 1.0, float(rear_weight))
-    prox_across = _ramp(across, half_width, PROX_REACH)  # (N, W)
+    prox_across = _ramp(across, half_width, PROX_REACH if reach is None else reach)  # (N, W)
     lane_across = _ramp(across, 0.0, LANE_HALF)  # (N or 1, W)
     vehicles = img[:, VEHICLES_CHANNEL]  # (N, H, W)
     proximity = ((vehicles * prox_across[:, None, :]).amax(2) * prox_along).amax(1)  # (N,)

@@ -91,6 +91,9 @@ class PolicyPreset:
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
     rear_weight: float = 1.0  # with separate_ego: scale of the proximity mask behind the car
+    # how far beyond half the car's width the proximity mask reaches sideways [m] (None: a
+    # lane, PROX_REACH, as method.md says; see policy.costs.image_costs)
+    prox_reach: Optional[float] = None
     u_stride: int = 8  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
     # with separate_ego, mpur: the uncertainty's gradient also goes through the car's states
     u_through_states: bool = False
@@ -181,6 +184,10 @@ class TrainPolicyConfig:
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
+    prox_reach: Optional[float] = doc(
+        "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: the "
+        "preset's, a lane, 3.7 m, as the method says: vehicles in the next lanes count; 1.85, half a lane, "
+        "counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
     uncertainty_through_states: Optional[bool] = doc(
         "with mpur --separate-ego: the uncertainty cost's gradient goes through the car's position and "
         "speed as well as its actions, back to every earlier action, so that the policy keeps out of states "
@@ -351,11 +358,12 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
                               batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
                               rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
-                              u_stride=preset.u_stride, weights=w, u_through_states=preset.u_through_states)
+                              u_stride=preset.u_stride, weights=w, u_through_states=preset.u_through_states,
+                              prox_reach=preset.prox_reach)
     else:
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
                     k_dropout=k, u_stats=u_stats if method == "mpur" else None,
-                    kinematic_gradient=preset.kinematic_gradient and method != "mper")
+                    kinematic_gradient=preset.kinematic_gradient and method != "mper", prox_reach=preset.prox_reach)
     costs = r["costs"]  # (B, T, 3)
     metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
     if method == "mper":
@@ -508,6 +516,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not preset.separate_ego:
             raise UserError("--rear-weight applies with --separate-ego")
         preset = dataclasses.replace(preset, rear_weight=cfg.rear_weight)
+    if cfg.prox_reach is not None:
+        if not (cfg.prox_reach > 0 and math.isfinite(cfg.prox_reach)):
+            raise UserError(f"--prox-reach must be a positive distance [m], got {cfg.prox_reach}")
+        preset = dataclasses.replace(preset, prox_reach=cfg.prox_reach)
     if cfg.uncertainty_through_states is not None:
         if cfg.uncertainty_through_states and not (preset.separate_ego and cfg.method == "mpur"):
             raise UserError("--uncertainty-through-states applies to mpur with --separate-ego")

@@ -95,6 +95,26 @@ def test_rear_weight_scales_the_mask_behind_the_car_only():
         assert float(half) == pytest.approx(float(full) * (0.5 if img is behind else 1.0), rel=1e-6)
 
 
+def test_prox_reach_sets_how_far_sideways_the_mask_counts():
+    from traffic_sim.costs import PROX_REACH
+    from traffic_sim.roads import LANE_WIDTH
+
+    size = torch.tensor([[LENGTH, WIDTH]])
+    speed = torch.tensor([10.0])
+    beside, ahead = blank(), blank()
+    col = int(np.argmin(np.abs((np.arange(IMAGE_W) + 0.5 - 0.5 * IMAGE_W) / PX_PER_M - LANE_WIDTH)))
+    lateral = (col + 0.5 - 0.5 * IMAGE_W) / PX_PER_M  # [m] a pixel alongside, one lane to the right
+    beside[0, VEHICLES_CHANNEL, row_at(0.0), col] = 1.0
+    ahead[0, VEHICLES_CHANNEL, row_at(5.0), IMAGE_W // 2] = 1.0
+    full = image_costs(beside, speed, size)[0, 0]
+    assert float(full) == pytest.approx(1.0 - (lateral - 0.5 * WIDTH) / PROX_REACH, abs=1e-5)
+    assert float(image_costs(beside, speed, size, reach=PROX_REACH)[0, 0]) == pytest.approx(float(full))
+    # half a lane: the next lane's vehicle is out of reach, the one ahead in the car's lane is not
+    assert float(image_costs(beside, speed, size, reach=0.5 * LANE_WIDTH)[0, 0]) == 0.0
+    assert float(image_costs(ahead, speed, size, reach=0.5 * LANE_WIDTH)[0, 0]) == \
+        pytest.approx(float(image_costs(ahead, speed, size)[0, 0]))
+
+
 def test_lane_and_offroad_costs():
     img = blank()
     img[0, LANES_CHANNEL, :, IMAGE_W // 2] = 1.0  # a marking under the car's centre line
@@ -868,6 +888,12 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
                                            out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--lambda-u must"):
         train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]), lambda_u=-1.0,
+                                       out=str(tmp_path / "n"), **common))
+    reach = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=1.85,
+                                           out=str(tmp_path / "reach"), **common))
+    assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
+    with pytest.raises(UserError, match="--prox-reach must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=0.0,
                                        out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--rear-weight must"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), rear_weight=2.0,
