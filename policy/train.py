@@ -23,6 +23,7 @@ clip 50, 100k updates) for an accelerator.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -104,6 +105,9 @@ class PolicyPreset:
     # costs' is removed first (it may then only act in directions that leave the costs alone)
     u_grad_project: bool = False
     lr_decay: bool = False  # cosine decay of the learning rate to 0 at the last step
+    # decay per step of an exponential moving average of the policy's weights, which then
+    # validates and drives (0: none; 0.99 averages over about the last 100 steps)
+    ema: float = 0.0
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
@@ -200,6 +204,10 @@ class TrainPolicyConfig:
         "with --u-gradient-ratio: first remove the part of the uncertainty's gradient that points against "
         "the costs' gradient, so that it acts only in directions that leave the costs alone (default: off)",
         None)
+    ema: Optional[float] = doc(
+        "keep an exponential moving average of the policy's weights with this decay per step (0.99: about "
+        "the last 100 steps), and validate, keep and drive the average instead of the last weights, which "
+        "swing from step to step (default: the preset's, 0: off)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -437,6 +445,17 @@ def flat_grad(loss: torch.Tensor, params: list, retain_graph: bool = False) -> t
 
 
 # ---------------------------------------------------------------------- training
+@torch.no_grad()
+def average_weights(average: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """One step of an exponential moving average: ``average``'s parameters and buffers move
+    ``1 - decay`` of the way to ``net``'s."""
+    for a, p in zip(list(average.parameters()) + list(average.buffers()), list(net.parameters()) + list(net.buffers())):
+        if a.is_floating_point():
+            a.lerp_(p.detach(), 1.0 - decay)
+        else:
+            a.copy_(p)
+
+
 def init_weights(net: PolicyNet, path, device) -> None:
     """Load the weights of the policy checkpoint at ``path`` into ``net`` (same network)."""
     from .driver import load_policy
@@ -520,6 +539,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not (cfg.prox_reach > 0 and math.isfinite(cfg.prox_reach)):
             raise UserError(f"--prox-reach must be a positive distance [m], got {cfg.prox_reach}")
         preset = dataclasses.replace(preset, prox_reach=cfg.prox_reach)
+    if cfg.ema is not None:
+        if not 0.0 <= cfg.ema < 1.0:
+            raise UserError(f"--ema must be at least 0 and below 1, got {cfg.ema}")
+        preset = dataclasses.replace(preset, ema=cfg.ema)
     if cfg.uncertainty_through_states is not None:
         if cfg.uncertainty_through_states and not (preset.separate_ego and cfg.method == "mpur"):
             raise UserError("--uncertainty-through-states applies to mpur with --separate-ego")
@@ -606,17 +629,20 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     if cfg.method == "mpur":
         u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(
             model, model_path, model_step, sampler_factory, stats, preset, cfg.quiet)
+    # the weights that validate and drive: the network itself, or the moving average of its weights
+    driven = copy.deepcopy(net).requires_grad_(False) if preset.ema > 0 else net
     validation = None
     if preset.val_episodes > 0:
         try:
-            validation = ClosedLoopValidation(dataset, preset.val_episodes, net, stats, device)
+            validation = ClosedLoopValidation(dataset, preset.val_episodes, driven, stats, device)
         except ImportError as e:  # a machine without the simulator's packages
             if not cfg.quiet:
                 print(f"no closed-loop validation ({e}); best.pt is the last checkpoint")
 
     progress, best = Progress(), None
     if resume_ckpt is not None:
-        net.load_state_dict(resume_ckpt["policy"])
+        net.load_state_dict(resume_ckpt.get("policy_raw") or resume_ckpt["policy"])
+        driven.load_state_dict(resume_ckpt["policy"])
         opt.load_state_dict(resume_ckpt["optimizer"])
         progress = Progress(int(resume_ckpt["step"]), float(resume_ckpt["seconds"]))
         best = resume_ckpt.get("best")
@@ -629,8 +655,9 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "model_path": str(model_path.resolve()) if model_path else None, "model_step": model_step,
             "stats": stats, "u_stats": u_stats, "step": progress.step, "seconds": progress.seconds, "val": val,
-            "best": best, "policy": net.state_dict(), "optimizer": opt.state_dict(),
+            "best": best, "policy": driven.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(sampler, device),
+            **({"policy_raw": net.state_dict()} if driven is not net else {}),
         }
 
     out.mkdir(parents=True, exist_ok=True)
@@ -648,6 +675,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
     update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio, preset.u_grad_project)
               if preset.u_grad_ratio is not None else GuardedStep(opt, net.parameters(), preset.grad_clip))
+
+    def apply_update(loss, at: int) -> bool:
+        applied = update(loss, at)
+        if applied and driven is not net:
+            average_weights(driven, net, preset.ema)
+        return applied
 
     def on_log(means: dict, val: Optional[dict]) -> dict:
         row = {"step": progress.step, "seconds": round(progress.seconds, 2)}
@@ -672,7 +705,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     net.train()
     try:
         interrupted = run_training(
-            progress, total_steps, compute_loss, update,
+            progress, total_steps, compute_loss, apply_update,
             val_every=preset.val_every, log_every=preset.log_every,
             validate=validation if validation is not None else dict,
             on_log=on_log, on_validated=on_validated,

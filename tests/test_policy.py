@@ -568,19 +568,38 @@ def test_every_method_trains_and_keeps_its_best_checkpoint(trained, method, monk
         assert list(trained["stochastic"].parent.glob("uncertainty-k2-h4.json"))
 
 
-def test_resume_continues_exactly(trained, tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_resume_continues_exactly(trained, tmp_path, ema):
     from policy.driver import load_policy
     from policy.train import TrainPolicyConfig, train_policy
 
     common = dict(method="svg", preset="tiny", quiet=True, model=str(trained["stochastic"]),
-                  val_episodes=0)
+                  val_episodes=0, ema=ema)
     full = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=6, **common))
     part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=3, **common))
     train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=6, resume=True, **common))
-    a, _ = load_policy(full / "checkpoint.pt")
-    b, _ = load_policy(part / "checkpoint.pt")
+    a, ca = load_policy(full / "checkpoint.pt")
+    b, cb = load_policy(part / "checkpoint.pt")
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
+    if ema is None:
+        assert "policy_raw" not in ca
+    else:  # the average drives; the last weights are kept to go on training from
+        for k, x in cb["policy_raw"].items():
+            assert torch.equal(x, ca["policy_raw"][k]), k
+        assert any(not torch.equal(x, ca["policy_raw"][k]) for k, x in ca["policy"].items())
+
+
+def test_average_weights_moves_part_of_the_way():
+    from policy.train import average_weights
+
+    avg, net = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        avg.weight.fill_(0.0), avg.bias.fill_(4.0), net.weight.fill_(1.0), net.bias.fill_(0.0)
+    average_weights(avg, net, 0.75)
+    assert avg.weight.tolist() == [[0.25, 0.25]] and avg.bias.tolist() == [3.0]
+    average_weights(avg, net, 0.0)  # no memory: the network's weights
+    assert avg.weight.tolist() == [[1.0, 1.0]] and avg.bias.tolist() == [0.0]
 
 
 def test_cli_train_policy_evaluate_and_watch(trained, tmp_path, monkeypatch):
@@ -892,6 +911,9 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     reach = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=1.85,
                                            out=str(tmp_path / "reach"), **common))
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
+    with pytest.raises(UserError, match="--ema must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), ema=1.0,
+                                       out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--prox-reach must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=0.0,
                                        out=str(tmp_path / "n"), **common))
