@@ -50,7 +50,8 @@ METHODS = ("mpur", "svg", "vg", "mper", "il")
 METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic",
                 "mper": "deterministic", "il": None}
 CHECKPOINT_VERSION = 1
-LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation",
+TRACK_SCALE = 10.0  # [m] the offset from the recorded car's place that costs track_weight per step
+LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation", "track",
               "u_grad_ratio", "u_grad_cos", "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
 
 
@@ -95,6 +96,11 @@ class PolicyPreset:
     # how far beyond half the car's width the proximity mask reaches sideways [m] (None: a
     # lane, PROX_REACH, as method.md says; see policy.costs.image_costs)
     prox_reach: Optional[float] = None
+    # with separate_ego: weight of a cost per step on the car's distance along the road from
+    # the recorded car's place, (offset / TRACK_SCALE)^2 (0: none): the costs alone do not say
+    # where to be in a long gap, and a car that leaves the recorded car's place meets vehicles
+    # whose recorded paths do not make room for it
+    track_weight: float = 0.0
     u_stride: int = 8  # with separate_ego, mpur: the uncertainty is measured every u_stride steps
     # with separate_ego, mpur: the uncertainty's gradient also goes through the car's states
     u_through_states: bool = False
@@ -192,6 +198,11 @@ class TrainPolicyConfig:
         "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: the "
         "preset's, a lane, 3.7 m, as the method says: vehicles in the next lanes count; 1.85, half a lane, "
         "counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
+    track_weight: Optional[float] = doc(
+        "with --separate-ego: weight of a cost per step on the car's distance along the road from where the "
+        "recorded car was, (distance / 10 m)^2, added to the costs: keep the place the recorded driver kept "
+        "in the traffic, which the replayed vehicles around it made room for (default: the preset's, 0: none)",
+        None)
     uncertainty_through_states: Optional[bool] = doc(
         "with mpur --separate-ego: the uncertainty cost's gradient goes through the car's position and "
         "speed as well as its actions, back to every earlier action, so that the policy keeps out of states "
@@ -381,6 +392,10 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         metrics["imitation"] = loss.detach()
     else:
         per_step = w.combine(costs)  # (B, T)
+        if preset.track_weight > 0:  # the distance from the recorded car's place
+            track = (r["offsets"][..., 0] / TRACK_SCALE) ** 2
+            per_step = per_step + preset.track_weight * track
+            metrics["track"] = track.mean().detach()
         loss = discounted(per_step, w.gamma)
         if "uncertainty" in r:
             u = r["uncertainty"]  # (B, T), or (B, T / u_stride) with the world separated
@@ -539,6 +554,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not (cfg.prox_reach > 0 and math.isfinite(cfg.prox_reach)):
             raise UserError(f"--prox-reach must be a positive distance [m], got {cfg.prox_reach}")
         preset = dataclasses.replace(preset, prox_reach=cfg.prox_reach)
+    if cfg.track_weight is not None:
+        if not (cfg.track_weight >= 0 and math.isfinite(cfg.track_weight)):
+            raise UserError(f"--track-weight must be at least 0, got {cfg.track_weight}")
+        if cfg.track_weight > 0 and not preset.separate_ego:
+            raise UserError("--track-weight applies with --separate-ego")
+        preset = dataclasses.replace(preset, track_weight=cfg.track_weight)
     if cfg.ema is not None:
         if not 0.0 <= cfg.ema < 1.0:
             raise UserError(f"--ema must be at least 0 and below 1, got {cfg.ema}")

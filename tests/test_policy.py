@@ -670,6 +670,38 @@ def test_driver_starts_from_the_recorded_history_then_appends_what_it_sees(train
     np.testing.assert_array_equal(seen[1][:, :-1].numpy(), seen[0][:, 1:].numpy())
 
 
+def test_track_weight_adds_the_squared_distance_from_the_recorded_place(trained, monkeypatch):
+    """With the car started 3 m behind the recorded car and no action, each step costs
+    track_weight x (distance / 10 m)^2 more, exactly (no discount here), and that cost's
+    gradient asks it to speed up."""
+    from data.dataset import Dataset, WindowSampler
+    from policy import rollout as ro
+    from policy.train import PRESETS, TRACK_SCALE, policy_loss, with_separated
+    from world_model.train import load_model
+
+    model, ckpt = load_model(trained["deterministic"])
+    ds = Dataset.open(trained["dataset"])
+    batch = WindowSampler(ds, "train", 4, 4, batch_size=6, seed=3).sample()
+    behind = torch.tensor([[-3.0, 0.0, 0.0]] * 6)  # along [m], across [m], speed [m/s]
+    real = ro.displace_start
+    monkeypatch.setattr(ro, "displace_start", lambda images, states, start, stats: real(images, states, behind, stats))
+    preset = dataclasses.replace(with_separated(PRESETS["tiny"]), world="recorded", weights=CostWeights(gamma=1.0))
+    net = PolicyNet(dataclasses.replace(preset.policy, n_cond=4))
+    for p in net.parameters():  # the actions are 0 (the last layer's output), with a gradient
+        torch.nn.init.zeros_(p)
+    plain, m0 = policy_loss("vg", net, model, batch, preset, ckpt["stats"], None)
+    tracked, m1 = policy_loss("vg", net, model, batch, dataclasses.replace(preset, track_weight=0.5),
+                              ckpt["stats"], None)
+    assert "track" not in m0
+    # no action: the car keeps its start speed, so it stays about 3 m behind
+    assert float(m1["track"]) == pytest.approx((3.0 / TRACK_SCALE) ** 2, rel=0.3)
+    assert float((tracked - plain).detach()) == pytest.approx(0.5 * float(m1["track"]), rel=1e-5)
+    net.zero_grad()
+    (tracked - plain).backward()
+    last = list(net.parameters())[-1]  # the output layer's bias: (acceleration, steering)
+    assert last.grad[0] < 0  # descending it accelerates
+
+
 def test_mpc_lowers_the_planned_cost(trained):
     from data.dataset import Dataset, WindowSampler
     from policy.mpc import MPC, MPCConfig
@@ -911,6 +943,16 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     reach = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=1.85,
                                            out=str(tmp_path / "reach"), **common))
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
+    tracked = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]),
+                                             track_weight=0.5, out=str(tmp_path / "track"), **common))
+    assert load_policy(tracked / "checkpoint.pt")[1]["preset"]["track_weight"] == 0.5
+    assert all(float(r["track"]) >= 0 for r in csv.DictReader(open(tracked / "log.csv")))
+    with pytest.raises(UserError, match="--track-weight must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), track_weight=-1.0,
+                                       out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--track-weight applies"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), track_weight=1.0,
+                                       out=str(tmp_path / "n"), **{**common, "separate_ego": False}))
     with pytest.raises(UserError, match="--ema must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), ema=1.0,
                                        out=str(tmp_path / "n"), **common))
