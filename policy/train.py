@@ -158,6 +158,7 @@ class TrainPolicyConfig:
     out: Optional[str] = doc("output folder (default: <artifacts>/policies/<method>-<preset>-seed<S>)", None)
     steps: Optional[int] = doc("total optimizer steps (default: the preset's)", None)
     horizon: Optional[int] = doc("unrolled steps of 0.1 s (default: the preset's)", None)
+    batch_size: Optional[int] = doc("training windows per step (default: the preset's)", None)
     grad_clip: Optional[float] = doc("gradient-norm clip (default: the preset's)", None)
     lr: Optional[float] = doc("Adam learning rate (default: the preset's)", None)
     lr_decay: Optional[bool] = doc("cosine decay of the learning rate to 0 at the last step (default: the "
@@ -526,6 +527,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
         preset = dataclasses.replace(preset, horizon=cfg.horizon)
+    if cfg.batch_size is not None:
+        if cfg.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+        preset = dataclasses.replace(preset, batch_size=cfg.batch_size)
     if cfg.grad_clip is not None:
         if not cfg.grad_clip > 0:
             raise UserError(f"--grad-clip must be positive, got {cfg.grad_clip}")

@@ -944,8 +944,12 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
                                            out=str(tmp_path / "reach"), **common))
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
     tracked = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]),
-                                             track_weight=0.5, out=str(tmp_path / "track"), **common))
+                                             track_weight=0.5, batch_size=3, out=str(tmp_path / "track"), **common))
     assert load_policy(tracked / "checkpoint.pt")[1]["preset"]["track_weight"] == 0.5
+    assert load_policy(tracked / "checkpoint.pt")[1]["preset"]["batch_size"] == 3
+    with pytest.raises(UserError, match="--batch-size must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), batch_size=0,
+                                       out=str(tmp_path / "n"), **common))
     assert all(float(r["track"]) >= 0 for r in csv.DictReader(open(tracked / "log.csv")))
     with pytest.raises(UserError, match="--track-weight must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), track_weight=-1.0,
