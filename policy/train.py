@@ -197,8 +197,8 @@ class TrainPolicyConfig:
         "do not react; default: the preset's)", None)
     prox_reach: Optional[float] = doc(
         "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: the "
-        "preset's, a lane, 3.7 m, as the method says: vehicles in the next lanes count; 1.85, half a lane, "
-        "counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
+        "preset's, a lane, 3.66 m, as the method says: vehicles in the next lanes count; about half a lane "
+        "(1.83-1.85) counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
     track_weight: Optional[float] = doc(
         "with --separate-ego: weight of a cost per step on the car's distance along the road from where the "
         "recorded car was, (distance / 10 m)^2, added to the costs: keep the place the recorded driver kept "
