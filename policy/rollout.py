@@ -281,10 +281,7 @@ def predicted_world(model, images: torch.Tensor, states: torch.Tensor, car_size:
                     stats: dict, expert_actions: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, T, C, H, W) the traffic the model predicts along the recorded car's path (its
     normalised actions ``expert_actions`` (B, >= horizon, 2)), without gradient."""
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    expert_actions = expert_actions[:, :horizon].detach()
-    with torch.no_grad():
+    with torch.no_grad():  # rollout takes uint8 or float images
         return rollout(model, lambda hist, st, t: expert_actions[:, t], images, states, car_size,
                        horizon, stats, CostWeights(), z=z)["images"]
 
