@@ -18,8 +18,10 @@ import torch
 
 from traffic_sim.costs import ACROSS_M, ALONG_M, LANE_HALF, PROX_REACH, SAFE_MARGIN, SAFE_TIME
 from traffic_sim.raster import LANES_CHANNEL, OFFROAD_CHANNEL, VEHICLES_CHANNEL
+from traffic_sim.roads import LANE_WIDTH
 
 COST_NAMES = ("proximity", "lane", "offroad")
+ROAD_END_REACH = 10.0  # [m] the off-road look-ahead's reach at a standstill (see image_costs)
 
 
 def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
@@ -31,7 +33,7 @@ def _ramp(distance: torch.Tensor, flat, fall) -> torch.Tensor:
 def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tensor,
                 offset: Optional[torch.Tensor] = None,
                 rear_speed: Optional[torch.Tensor] = None, rear_weight: float = 1.0,
-                reach: Optional[float] = None) -> torch.Tensor:
+                reach: Optional[float] = None, offroad_ahead: Optional[float] = None) -> torch.Tensor:
     """Costs of cars from their state images.
 
     images (..., 3, 117, 24) float in [0, 1]; speed (...) [m/s]; car_size (..., 2) length and
@@ -47,6 +49,18 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     symmetric mask of method.md). ``reach`` [m]: how far beyond half the car's width the
     proximity mask falls to 0 sideways (default: ``PROX_REACH``, the neighbouring lane of
     method.md; half a lane counts only the vehicles in the car's own lane).
+
+    ``offroad_ahead`` [s]: the off-road cost also looks ahead, for road that ends, over the
+    distance the car covers in that time at its speed plus ``ROAD_END_REACH``: in each row,
+    the share of a triangle across the car (falling to 0 a lane's width from its centre) that
+    is off the road, less that share beside the car (so that a road's edge alongside, which
+    goes on ahead, costs nothing), weighted by a ramp that falls from 1 at the car's front to
+    0 at that distance. The off-road cost is the larger of this and the method's cost under
+    the car. An on-ramp's end then costs before the car reaches it, like a vehicle standing
+    there, and less as the car moves towards the lane beside it, where the road goes on: the
+    gradient slows the car and steers it there (the method's cost, under the car, has no
+    sideways gradient while the road is gone across the whole lane). A car standing within
+    ``ROAD_END_REACH`` of the end still pays, so that only moving over ends the cost.
     """
     lead = images.shape[:-3]
     img = images.reshape(-1, *images.shape[-3:]).float()  # (N, C, H, W)
@@ -73,6 +87,14 @@ def image_costs(images: torch.Tensor, speed: torch.Tensor, car_size: torch.Tenso
     proximity = ((vehicles * prox_across[:, None, :]).amax(2) * prox_along).amax(1)  # (N,)
     road = img[:, [LANES_CHANNEL, OFFROAD_CHANNEL]]  # (N, 2, H, W)
     lane_off = ((road * lane_across[:, None, None, :]).amax(3) * lane_along[:, None]).amax(2)  # (N, 2)
+    if offroad_ahead is not None:
+        reach_ahead = float(offroad_ahead) * speed + ROAD_END_REACH  # (N, 1) [m]
+        ahead_w = torch.where(along >= -half_length, _ramp(along, half_length, reach_ahead), 0.0)  # (N, H)
+        wide = _ramp(across, 0.0, LANE_WIDTH)  # (N or 1, W)
+        share = (img[:, OFFROAD_CHANNEL] * wide[:, None, :]).sum(2) / wide.sum(1, keepdim=True)  # (N, H)
+        beside = torch.where(along.abs() <= half_length, share.detach(), 0.0).amax(1, keepdim=True)  # (N, 1)
+        ends = (torch.relu(share - beside) * ahead_w).amax(1)  # (N,); relu: no gradient at 0
+        lane_off = torch.stack([lane_off[:, 0], torch.maximum(lane_off[:, 1], ends)], 1)
     return torch.cat([proximity[:, None], lane_off], 1).reshape(*lead, 3)
 
 

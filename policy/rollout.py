@@ -98,7 +98,7 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
             car_size: torch.Tensor, horizon: int, stats: dict, weights: CostWeights,
             z: Optional[torch.Tensor] = None, k_dropout: int = 1,
             u_stats: Optional[dict] = None, kinematic_gradient: bool = False,
-            prox_reach: Optional[float] = None) -> dict:
+            prox_reach: Optional[float] = None, offroad_ahead: Optional[float] = None) -> dict:
     """Unroll ``horizon`` steps.
 
     model: a ForwardModel (its parameters need no gradient; its train/eval mode is set here:
@@ -117,7 +117,8 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
     (:class:`EgoKinematics`: the masks move with the car over the predicted image, which
     is detached for the costs) instead of through the predicted pixels. The uncertainty
     cost and the policy's inputs still go through the model. ``prox_reach`` [m]: the
-    proximity mask's sideways reach (:func:`policy.costs.image_costs`'s ``reach``).
+    proximity mask's sideways reach (:func:`policy.costs.image_costs`'s ``reach``);
+    ``offroad_ahead`` [s]: the off-road cost's look-ahead (same function).
     """
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
@@ -145,10 +146,11 @@ def rollout(model, actor: Callable, images: torch.Tensor, states: torch.Tensor,
         else:
             image, state = model.predict(_repeat(hist, k), _repeat(states, k), _repeat(action, k), zt)
         if ego is None:
-            costs = image_costs(image, speed_of(state, stats), size_k, reach=prox_reach)  # (K*B, 3)
+            costs = image_costs(image, speed_of(state, stats), size_k, reach=prox_reach,
+                                offroad_ahead=offroad_ahead)  # (K*B, 3)
         else:
             costs = image_costs(image.detach(), speed_of(state, stats), size_k, _repeat(ego.step(action), k),
-                                reach=prox_reach)
+                                reach=prox_reach, offroad_ahead=offroad_ahead)
         if k > 1:
             (image, state, costs), var = _dropout_moments(image, state, costs, weights, k)
             out["variances"].append(var)
@@ -195,7 +197,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
                       world: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
                       rear_weight: float = 1.0, k_dropout: int = 1, u_stats: Optional[dict] = None,
                       u_stride: int = 8, weights: CostWeights = CostWeights(),
-                      u_through_states: bool = False, prox_reach: Optional[float] = None) -> dict:
+                      u_through_states: bool = False, prox_reach: Optional[float] = None,
+                      offroad_ahead: Optional[float] = None) -> dict:
     """Unroll with the world separated from the car (Sobal et al. 2022): the model predicts
     the traffic along the recorded car's path (``expert_actions`` (B, >= horizon, 2),
     normalised), without gradient, as the replay simulator's vehicles, which do not react to
@@ -224,8 +227,8 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
     ``start`` (B, 3): the car starts displaced from the recorded car by (along [m], across
     [m], speed [m/s]), its history images and states shifted with it: states the expert
     never visited, from which the policy learns to recover. ``rear_weight`` scales the
-    proximity mask behind the car and ``prox_reach`` [m] sets its reach sideways
-    (:func:`policy.costs.image_costs`).
+    proximity mask behind the car, ``prox_reach`` [m] sets its reach sideways and
+    ``offroad_ahead`` [s] the off-road cost's look-ahead (:func:`policy.costs.image_costs`).
     """
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
@@ -256,7 +259,7 @@ def rollout_separated(model, actor: Callable, images: torch.Tensor, states: torc
             path.step(expert_actions[:, t])
         offset = torch.stack([ego.y - path.y, ego.x - path.x], 1)  # (B, 2) along, across [m]
         costs = image_costs(world[:, t], ego.v, car_size, offset, rear_speed=torch.maximum(ego.v, path.v),
-                            rear_weight=rear_weight, reach=prox_reach)
+                            rear_weight=rear_weight, reach=prox_reach, offroad_ahead=offroad_ahead)
         view = shift_images(world[:, t], offset.detach())
         state = ego.state()
         for key, value in (("images", view), ("states", state), ("actions", action),

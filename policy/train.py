@@ -96,6 +96,12 @@ class PolicyPreset:
     # how far beyond half the car's width the proximity mask reaches sideways [m] (None: a
     # lane, PROX_REACH, as method.md says; see policy.costs.image_costs)
     prox_reach: Optional[float] = None
+    # [s] the off-road cost also looks this far ahead (plus policy.costs.ROAD_END_REACH) for a
+    # road that ends (None: under the car only, as method.md says; see policy.costs.image_costs)
+    offroad_ahead: Optional[float] = None
+    # share of each batch's windows drawn among those whose car is within FOCUS_ENDS_M of the
+    # end of a lane that ends (an on-ramp; see ends_mask), instead of among all (0: uniform)
+    focus_ends: float = 0.0
     # with separate_ego: weight of a cost per step on the car's distance along the road from
     # the recorded car's place, (offset / TRACK_SCALE)^2 (0: none): the costs alone do not say
     # where to be in a long gap, and a car that leaves the recorded car's place meets vehicles
@@ -199,6 +205,15 @@ class TrainPolicyConfig:
         "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: the "
         "preset's, a lane, 3.66 m, as the method says: vehicles in the next lanes count; about half a lane "
         "(1.83-1.85) counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
+    offroad_ahead: Optional[float] = doc(
+        "the off-road cost also looks ahead, this many seconds at the car's speed plus 10 m, at the share of "
+        "its lane's width where the road ends, so that an on-ramp's end costs before the car reaches it and "
+        "the cost's gradient slows the car and steers it into the lane beside (default: the preset's, none: "
+        "the method's cost, under the car only)", None)
+    focus_ends: Optional[float] = doc(
+        "share of each batch's training windows drawn among those whose car is within 60 m of the end of a "
+        "lane that ends (an on-ramp that must be merged from; few windows otherwise: 1%% on the default "
+        "road), 0-1 (default: the preset's, 0: all windows alike)", None)
     track_weight: Optional[float] = doc(
         "with --separate-ego: weight of a cost per step on the car's distance along the road from where the "
         "recorded car was, (distance / 10 m)^2, added to the costs: keep the place the recorded driver kept "
@@ -305,6 +320,24 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
 
 
 # ---------------------------------------------------------------------- validation
+FOCUS_ENDS_M = 60.0  # [m] how near the end of a lane that ends a window's car is for --focus-ends
+
+
+def ends_mask(dataset) -> np.ndarray:
+    """(n_frames,) bool: the dataset's rows whose car is within FOCUS_ENDS_M before the end of
+    a lane that ends (:meth:`traffic_sim.roads.Road.to_lane_end`), by each episode's location."""
+    from traffic_sim.roads import road_for
+
+    states = np.asarray(dataset.states)
+    locations = np.repeat(np.asarray(dataset.manifest["episodes"]["location"], dtype=object),
+                          dataset.episode_length)
+    out = np.zeros(len(states), dtype=bool)
+    for location in dict.fromkeys(locations):
+        rows = np.flatnonzero(locations == location)
+        out[rows] = road_for(location).to_lane_end(states[rows, 0], states[rows, 1]) <= FOCUS_ENDS_M
+    return out
+
+
 def dataset_scene(dataset):
     """The simulator scene of the traffic a dataset was built from."""
     from traffic_sim.loading import load_scene
@@ -379,11 +412,12 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
                               batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
                               rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
                               u_stride=preset.u_stride, weights=w, u_through_states=preset.u_through_states,
-                              prox_reach=preset.prox_reach)
+                              prox_reach=preset.prox_reach, offroad_ahead=preset.offroad_ahead)
     else:
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
                     k_dropout=k, u_stats=u_stats if method == "mpur" else None,
-                    kinematic_gradient=preset.kinematic_gradient and method != "mper", prox_reach=preset.prox_reach)
+                    kinematic_gradient=preset.kinematic_gradient and method != "mper", prox_reach=preset.prox_reach,
+                    offroad_ahead=preset.offroad_ahead)
     costs = r["costs"]  # (B, T, 3)
     metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
     if method == "mper":
@@ -559,6 +593,14 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not (cfg.prox_reach > 0 and math.isfinite(cfg.prox_reach)):
             raise UserError(f"--prox-reach must be a positive distance [m], got {cfg.prox_reach}")
         preset = dataclasses.replace(preset, prox_reach=cfg.prox_reach)
+    if cfg.focus_ends is not None:
+        if not 0.0 <= cfg.focus_ends < 1.0:
+            raise UserError(f"--focus-ends must be a share in [0, 1), got {cfg.focus_ends}")
+        preset = dataclasses.replace(preset, focus_ends=cfg.focus_ends)
+    if cfg.offroad_ahead is not None:
+        if not (cfg.offroad_ahead > 0 and math.isfinite(cfg.offroad_ahead)):
+            raise UserError(f"--offroad-ahead must be a positive time [s], got {cfg.offroad_ahead}")
+        preset = dataclasses.replace(preset, offroad_ahead=cfg.offroad_ahead)
     if cfg.track_weight is not None:
         if not (cfg.track_weight >= 0 and math.isfinite(cfg.track_weight)):
             raise UserError(f"--track-weight must be at least 0, got {cfg.track_weight}")
@@ -651,6 +693,11 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
     n_pred = 1 if cfg.method == "il" else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
+    if preset.focus_ends > 0:
+        n_focus = sampler.set_focus(ends_mask(dataset), preset.focus_ends)
+        if not cfg.quiet:
+            print(f"--focus-ends: {n_focus:,} of {sampler.n_windows:,} training windows near a lane's end"
+                  + ("" if n_focus else " (none: all windows alike)"))
     u_stats = None
     if cfg.method == "mpur":
         u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(

@@ -115,6 +115,40 @@ def test_prox_reach_sets_how_far_sideways_the_mask_counts():
         pytest.approx(float(image_costs(ahead, speed, size)[0, 0]))
 
 
+def test_offroad_ahead_costs_a_road_that_ends_and_steers_towards_the_lane_that_goes_on():
+    from policy.costs import ROAD_END_REACH
+    from traffic_sim.costs import ACROSS_M
+    from traffic_sim.roads import LANE_WIDTH
+
+    size = torch.tensor([[LENGTH, WIDTH]])
+    first = row_at(8.0)  # the road ends here (rows run from ahead to behind)
+    a = float(ALONG_M[first])  # [m] ahead of the car's centre
+    gone, ramp_end, edge = blank(), blank(), blank()
+    gone[0, OFFROAD_CHANNEL, :first + 1] = 1.0  # every lane ends
+    ramp_end[0, OFFROAD_CHANNEL, :first + 1, ACROSS_M > -0.5 * LANE_WIDTH] = 1.0  # the lane on the left goes on
+    edge[0, OFFROAD_CHANNEL, :, ACROSS_M > 0.5 * LANE_WIDTH] = 1.0  # a road's edge alongside, all the way
+
+    def offroad(img, speed, **kw):
+        offset = torch.zeros(1, 2, requires_grad=True)
+        c = image_costs(img, torch.tensor([speed]), size, offset, **kw)[0, 2]
+        c.backward()
+        return float(c), offset.grad[0].tolist()
+
+    for img in (gone, ramp_end, edge):  # the method's cost: nothing under the car
+        assert offroad(img, 10.0)[0] == 0.0
+    # 1 s at 10 m/s + the reach at a standstill: the end's ramp, with all of the triangle off the road
+    cost, (d_along, d_across) = offroad(gone, 10.0, offroad_ahead=1.0)
+    assert cost == pytest.approx(1.0 - (a - 0.5 * LENGTH) / (10.0 + ROAD_END_REACH), abs=1e-5)
+    assert d_along == pytest.approx(1.0 / (10.0 + ROAD_END_REACH), rel=1e-4)  # nearer costs more
+    assert d_across == 0.0  # the whole road ends: nowhere to steer
+    assert offroad(gone, 0.0, offroad_ahead=1.0)[0] == pytest.approx(1.0 - (a - 0.5 * LENGTH) / ROAD_END_REACH,
+                                                                     abs=1e-5)  # standing still
+    assert offroad(edge, 10.0, offroad_ahead=1.0) == (0.0, [0.0, 0.0])  # an edge that goes on costs nothing
+    cost, (d_along, d_across) = offroad(ramp_end, 10.0, offroad_ahead=1.0)
+    assert 0.0 < cost < offroad(gone, 10.0, offroad_ahead=1.0)[0]
+    assert d_along > 0.0 and d_across > 0.0  # moving left, towards the lane that goes on, costs less
+
+
 def test_lane_and_offroad_costs():
     img = blank()
     img[0, LANES_CHANNEL, :, IMAGE_W // 2] = 1.0  # a marking under the car's centre line
@@ -941,8 +975,10 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
         train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]), lambda_u=-1.0,
                                        out=str(tmp_path / "n"), **common))
     reach = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=1.85,
-                                           out=str(tmp_path / "reach"), **common))
+                                           offroad_ahead=2.0, focus_ends=0.5, out=str(tmp_path / "reach"), **common))
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
+    assert load_policy(reach / "checkpoint.pt")[1]["preset"]["focus_ends"] == 0.5
+    assert load_policy(reach / "checkpoint.pt")[1]["preset"]["offroad_ahead"] == 2.0
     tracked = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]),
                                              track_weight=0.5, batch_size=3, out=str(tmp_path / "track"), **common))
     assert load_policy(tracked / "checkpoint.pt")[1]["preset"]["track_weight"] == 0.5
@@ -959,6 +995,12 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
                                        out=str(tmp_path / "n"), **{**common, "separate_ego": False}))
     with pytest.raises(UserError, match="--ema must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), ema=1.0,
+                                       out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--focus-ends must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), focus_ends=1.0,
+                                       out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--offroad-ahead must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), offroad_ahead=-1.0,
                                        out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--prox-reach must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=0.0,
