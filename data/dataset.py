@@ -159,6 +159,8 @@ class WindowSampler:
         self._pin = self.device.type == "cuda"
         self._ring = []  # pinned host buffers and the events of their last copy (cuda only)
         self._ring_next = 0
+        self._focus = None  # global indices of the windows a share of each batch comes from
+        self._focus_share = 0.0
 
     @property
     def n_windows(self) -> int:
@@ -167,9 +169,22 @@ class WindowSampler:
 
     def window_starts(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """(n,) first rows of n windows drawn uniformly."""
-        k = rng.integers(0, self.n_windows, size=n)  # global window index
-        ep = np.searchsorted(self._cum, k, side="right") - 1  # (n,) index into self.episodes
+        return self._first_rows(rng.integers(0, self.n_windows, size=n))
+
+    def _first_rows(self, k: np.ndarray) -> np.ndarray:
+        """First rows of the windows of global indices ``k``."""
+        ep = np.searchsorted(self._cum, k, side="right") - 1  # index into self.episodes
         return self._first_start[ep] + (k - self._cum[ep])
+
+    def set_focus(self, present: np.ndarray, share: float) -> int:
+        """Draw each window of :meth:`sample`'s batches, with probability ``share``, among the
+        windows whose present frame (the last conditioning one) is marked in ``present``
+        ((n_frames,) bool over the dataset's rows) instead of among all; returns how many such
+        windows the split has (none: sampling stays uniform)."""
+        k = np.arange(self.n_windows)
+        self._focus = k[np.asarray(present, dtype=bool)[self._first_rows(k) + self.n_cond - 1]]
+        self._focus_share = float(share)
+        return len(self._focus)
 
     def batch_at(self, starts: np.ndarray) -> dict:
         """The batch of the windows starting at rows ``starts`` (B,)."""
@@ -215,7 +230,11 @@ class WindowSampler:
 
     def sample(self) -> dict:
         """One random batch."""
-        return self.batch_at(self.window_starts(self.rng, self.batch_size))
+        starts = self.window_starts(self.rng, self.batch_size)
+        if self._focus is not None and len(self._focus):
+            pick = self.rng.random(self.batch_size) < self._focus_share
+            starts[pick] = self._first_rows(self._focus[self.rng.integers(0, len(self._focus), size=int(pick.sum()))])
+        return self.batch_at(starts)
 
     def __iter__(self):
         while True:

@@ -249,6 +249,23 @@ def test_sampler_determinism_and_fixed_batches(ds):
         WindowSampler(ds, "val", n_cond=2000, n_pred=20)
 
 
+def test_sampler_focus_draws_a_share_of_each_batch_among_the_marked_windows(ds):
+    n_cond = 20
+    plain = WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=4000, seed=3)
+    marked = np.zeros(ds.n_frames, dtype=bool)
+    marked[plain.window_starts(np.random.default_rng(1), 50) + n_cond - 1] = True  # 50 windows' present frames
+    focused = WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=4000, seed=3)
+    assert focused.set_focus(marked, 0.25) == len(np.unique(np.flatnonzero(marked)))
+    states = focused.sample()["states"][:, n_cond - 1].numpy()  # each window's present state
+    marked_states = normalise_states(np.asarray(ds.states), ds.stats)[marked]
+    hits = np.array([np.any(np.all(np.isclose(marked_states, s, atol=1e-5), axis=1)) for s in states])
+    assert 0.22 < hits.mean() < 0.30  # a quarter, plus the few uniform draws that land there
+    none = WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=8, seed=3)
+    assert none.set_focus(np.zeros(ds.n_frames, dtype=bool), 0.5) == 0
+    assert torch.equal(none.sample()["states"], WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=8,
+                                                              seed=3).sample()["states"])  # uniform as before
+
+
 # ---------------------------------------------------------------- atomic builds and errors
 def test_interrupted_build_leaves_nothing_half_written(traffic, tmp_path, monkeypatch):
     out = tmp_path / "ds"

@@ -74,6 +74,18 @@ def test_on_ramp_ends():
     assert off[10, 12] == 255 and off[100, 12] == 0
 
 
+def test_distance_to_the_end_of_a_lane_that_ends():
+    from traffic_sim.roads import FT, us101_road
+
+    end = ROAD.lane(7).y_end  # I-80's on-ramp: 800 ft, nothing goes on in its place
+    ramp, lane6 = 6.5 * LANE_WIDTH, 5.5 * LANE_WIDTH
+    np.testing.assert_allclose(ROAD.to_lane_end([ramp, ramp, lane6, ramp], [100.0, end - 0.5, 100.0, end + 1.0]),
+                               [end - 100.0, 0.5, np.inf, np.inf])  # main lane, and off the road past the end
+    # US-101's on-ramp goes on as the auxiliary lane, which goes on as the off-ramp: no lane ends
+    us101 = us101_road()
+    assert np.all(np.isinf(us101.to_lane_end([5.5 * LANE_WIDTH] * 3, [100 * FT, 1000 * FT, 1600 * FT])))
+
+
 def test_batch_equals_one_by_one():
     boxes = [[LANE3 - 1, LANE3 + 1, 210.0, 214.0], [LANE3 + 3, LANE3 + 5, 190.0, 195.0]]
     cx = [LANE3, LANE3 + 0.7, LANE3 - 2.0]

@@ -99,6 +99,22 @@ class Road:
         ids = np.array([lane.lane_id for lane in lanes])
         return left, right, y0, y1, ids
 
+    def to_lane_end(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """[m] distance along the road from each point (x, y) to the end of the lane it lies
+        in, where that lane ends inside the study area and no lane goes on in its place (an
+        on-ramp that must be merged from); inf elsewhere, and off the road."""
+        y = np.asarray(y, dtype=float)
+        ids = self.lane_at(x, y)
+        out = np.full(ids.shape, np.inf)
+        for lane in self.lanes:
+            end = self.span(lane)[1]
+            continued = any(other.lane_id != lane.lane_id and np.isclose(other.left, lane.left)
+                            and np.isclose(other.y_start, lane.y_end) for other in self.lanes)
+            if np.isfinite(end) and not continued:
+                mine = ids == lane.lane_id
+                out[mine] = end - y[mine]
+        return out
+
     def on_road(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """True where the point (x, y) [m] lies on the drivable surface."""
         return self.lane_at(x, y) > 0
