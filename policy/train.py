@@ -212,7 +212,7 @@ class TrainPolicyConfig:
         "the method's cost, under the car only)", None)
     focus_ends: Optional[float] = doc(
         "share of each batch's training windows drawn among those whose car is within 60 m of the end of a "
-        "lane that ends (an on-ramp that must be merged from; few windows otherwise: 1%% on the default "
+        "lane that ends (an on-ramp that must be merged from; few windows otherwise: 1.7%% on the default "
         "road), 0-1 (default: the preset's, 0: all windows alike)", None)
     track_weight: Optional[float] = doc(
         "with --separate-ego: weight of a cost per step on the car's distance along the road from where the "
