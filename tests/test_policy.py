@@ -132,7 +132,7 @@ def test_offroad_ahead_costs_a_road_that_ends_and_steers_towards_the_lane_that_g
         offset = torch.zeros(1, 2, requires_grad=True)
         c = image_costs(img, torch.tensor([speed]), size, offset, **kw)[0, 2]
         c.backward()
-        return float(c), offset.grad[0].tolist()
+        return float(c.detach()), offset.grad[0].tolist()
 
     for img in (gone, ramp_end, edge):  # the method's cost: nothing under the car
         assert offroad(img, 10.0)[0] == 0.0
