@@ -319,7 +319,6 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
     return u
 
 
-# ---------------------------------------------------------------------- validation
 FOCUS_ENDS_M = 60.0  # [m] how near the end of a lane that ends a window's car is for --focus-ends
 
 
@@ -338,6 +337,7 @@ def ends_mask(dataset) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------------- validation
 def dataset_scene(dataset):
     """The simulator scene of the traffic a dataset was built from."""
     from traffic_sim.loading import load_scene
