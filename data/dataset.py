@@ -159,8 +159,8 @@ class WindowSampler:
         self._pin = self.device.type == "cuda"
         self._ring = []  # pinned host buffers and the events of their last copy (cuda only)
         self._ring_next = 0
-        self._focus = None  # global indices of the windows a share of each batch comes from
-        self._focus_share = 0.0
+        self._focus = []  # (global indices of windows, share of each batch drawn among them)
+        self._focus_total = 0.0
 
     @property
     def n_windows(self) -> int:
@@ -180,11 +180,16 @@ class WindowSampler:
         """Draw each window of :meth:`sample`'s batches, with probability ``share``, among the
         windows whose present frame (the last conditioning one) is marked in ``present``
         ((n_frames,) bool over the dataset's rows) instead of among all; returns how many such
-        windows the split has (none: sampling stays uniform)."""
+        windows the split has (none: sampling stays uniform). Each call adds one such group; the
+        groups' shares are drawn in turn, and must add up to less than 1."""
+        if not 0.0 <= share < 1.0 or self._focus_total + share >= 1.0:
+            raise ValueError(f"the focus shares must add up to less than 1, got {self._focus_total} + {share}")
         k = np.arange(self.n_windows)
-        self._focus = k[np.asarray(present, dtype=bool)[self._first_rows(k) + self.n_cond - 1]]
-        self._focus_share = float(share)
-        return len(self._focus)
+        marked = k[np.asarray(present, dtype=bool)[self._first_rows(k) + self.n_cond - 1]]
+        if len(marked):
+            self._focus.append((marked, float(share)))
+            self._focus_total += float(share)
+        return len(marked)
 
     def batch_at(self, starts: np.ndarray) -> dict:
         """The batch of the windows starting at rows ``starts`` (B,)."""
@@ -231,9 +236,13 @@ class WindowSampler:
     def sample(self) -> dict:
         """One random batch."""
         starts = self.window_starts(self.rng, self.batch_size)
-        if self._focus is not None and len(self._focus):
-            pick = self.rng.random(self.batch_size) < self._focus_share
-            starts[pick] = self._first_rows(self._focus[self.rng.integers(0, len(self._focus), size=int(pick.sum()))])
+        if self._focus:
+            u = self.rng.random(self.batch_size)
+            low = 0.0
+            for marked, share in self._focus:
+                pick = (u >= low) & (u < low + share)
+                starts[pick] = self._first_rows(marked[self.rng.integers(0, len(marked), size=int(pick.sum()))])
+                low += share
         return self.batch_at(starts)
 
     def __iter__(self):

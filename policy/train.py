@@ -102,6 +102,9 @@ class PolicyPreset:
     # share of each batch's windows drawn among those whose car is within FOCUS_ENDS_M of the
     # end of a lane that ends (an on-ramp; see ends_mask), instead of among all (0: uniform)
     focus_ends: float = 0.0
+    # share of each batch's windows drawn among those whose recorded car slows by QUEUE_DROP
+    # within the next QUEUE_WITHIN (traffic closing in ahead; see queues_mask) (0: uniform)
+    focus_queues: float = 0.0
     # with separate_ego: weight of a cost per step on the car's distance along the road from
     # the recorded car's place, (offset / TRACK_SCALE)^2 (0: none): the costs alone do not say
     # where to be in a long gap, and a car that leaves the recorded car's place meets vehicles
@@ -214,6 +217,11 @@ class TrainPolicyConfig:
         "share of each batch's training windows drawn among those whose car is within 60 m of the end of a "
         "lane that ends (an on-ramp that must be merged from; few windows otherwise: 1.7%% on the default "
         "road), 0-1 (default: the preset's, 0: all windows alike)", None)
+    focus_queues: Optional[float] = doc(
+        "share of each batch's training windows drawn among those whose recorded car slows by 4 m/s or more "
+        "within the next 4 s (traffic closing in ahead, a queue forming: 10%% of the windows on the default "
+        "traffic), 0-1, with --focus-ends less than 1 in all (default: the preset's, 0: all windows alike)",
+        None)
     track_weight: Optional[float] = doc(
         "with --separate-ego: weight of a cost per step on the car's distance along the road from where the "
         "recorded car was, (distance / 10 m)^2, added to the costs: keep the place the recorded driver kept "
@@ -334,6 +342,26 @@ def ends_mask(dataset) -> np.ndarray:
     for location in dict.fromkeys(locations):
         rows = np.flatnonzero(locations == location)
         out[rows] = road_for(location).to_lane_end(states[rows, 0], states[rows, 1]) <= FOCUS_ENDS_M
+    return out
+
+
+QUEUE_DROP = 4.0  # [m/s] how much a window's recorded car slows for --focus-queues
+QUEUE_WITHIN = 40  # [frames of 0.1 s] within how long after the present frame
+
+
+def queues_mask(dataset) -> np.ndarray:
+    """(n_frames,) bool: the dataset's rows whose car's speed falls by QUEUE_DROP or more within
+    the next QUEUE_WITHIN frames of its episode (the recorded driver braked for traffic closing
+    in ahead)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    states = np.asarray(dataset.states)
+    speed = np.hypot(states[:, 2], states[:, 3])
+    out = np.zeros(len(states), dtype=bool)
+    for start, length in zip(dataset.episode_start, dataset.episode_length):
+        v = speed[start:start + length]
+        later = np.concatenate([v[1:], np.full(QUEUE_WITHIN, np.inf)])  # the frames after each one
+        out[start:start + length] = v - sliding_window_view(later, QUEUE_WITHIN)[:length].min(axis=1) >= QUEUE_DROP
     return out
 
 
@@ -597,6 +625,13 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 0.0 <= cfg.focus_ends < 1.0:
             raise UserError(f"--focus-ends must be a share in [0, 1), got {cfg.focus_ends}")
         preset = dataclasses.replace(preset, focus_ends=cfg.focus_ends)
+    if cfg.focus_queues is not None:
+        if not 0.0 <= cfg.focus_queues < 1.0:
+            raise UserError(f"--focus-queues must be a share in [0, 1), got {cfg.focus_queues}")
+        preset = dataclasses.replace(preset, focus_queues=cfg.focus_queues)
+    if preset.focus_ends + preset.focus_queues >= 1.0:
+        raise UserError(f"--focus-ends and --focus-queues must add up to less than 1, "
+                        f"got {preset.focus_ends} + {preset.focus_queues}")
     if cfg.offroad_ahead is not None:
         if not (cfg.offroad_ahead > 0 and math.isfinite(cfg.offroad_ahead)):
             raise UserError(f"--offroad-ahead must be a positive time [s], got {cfg.offroad_ahead}")
@@ -693,11 +728,13 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
     n_pred = 1 if cfg.method == "il" else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
-    if preset.focus_ends > 0:
-        n_focus = sampler.set_focus(ends_mask(dataset), preset.focus_ends)
-        if not cfg.quiet:
-            print(f"--focus-ends: {n_focus:,} of {sampler.n_windows:,} training windows near a lane's end"
-                  + ("" if n_focus else " (none: all windows alike)"))
+    for share, mask, option, what in ((preset.focus_ends, ends_mask, "--focus-ends", "near a lane's end"),
+                                      (preset.focus_queues, queues_mask, "--focus-queues", "closing in on a queue")):
+        if share > 0:
+            n_focus = sampler.set_focus(mask(dataset), share)
+            if not cfg.quiet:
+                print(f"{option}: {n_focus:,} of {sampler.n_windows:,} training windows {what}"
+                      + ("" if n_focus else " (none: all windows alike)"))
     u_stats = None
     if cfg.method == "mpur":
         u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(

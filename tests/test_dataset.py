@@ -260,6 +260,18 @@ def test_sampler_focus_draws_a_share_of_each_batch_among_the_marked_windows(ds):
     marked_states = normalise_states(np.asarray(ds.states), ds.stats)[marked]
     hits = np.array([np.any(np.all(np.isclose(marked_states, s, atol=1e-5), axis=1)) for s in states])
     assert 0.22 < hits.mean() < 0.30  # a quarter, plus the few uniform draws that land there
+    # a second group takes its own share; marks of the first group's windows only count there
+    other = np.zeros(ds.n_frames, dtype=bool)
+    other[plain.window_starts(np.random.default_rng(2), 50) + n_cond - 1] = True
+    other &= ~marked
+    assert focused.set_focus(other, 0.5) == other.sum()
+    states = focused.sample()["states"][:, n_cond - 1].numpy()
+    other_states = normalise_states(np.asarray(ds.states), ds.stats)[other]
+    hits_other = np.array([np.any(np.all(np.isclose(other_states, s, atol=1e-5), axis=1)) for s in states])
+    assert 0.45 < hits_other.mean() < 0.55 and 0.22 < np.mean([
+        np.any(np.all(np.isclose(marked_states, s, atol=1e-5), axis=1)) for s in states]) < 0.30
+    with pytest.raises(ValueError, match="add up to less than 1"):
+        focused.set_focus(marked, 0.25)  # 0.25 + 0.5 + 0.25
     none = WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=8, seed=3)
     assert none.set_focus(np.zeros(ds.n_frames, dtype=bool), 0.5) == 0
     assert torch.equal(none.sample()["states"], WindowSampler(ds, "train", n_cond=n_cond, n_pred=20, batch_size=8,

@@ -975,9 +975,11 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
         train_policy(TrainPolicyConfig(method="mpur", steps=1, model=str(trained["stochastic"]), lambda_u=-1.0,
                                        out=str(tmp_path / "n"), **common))
     reach = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), prox_reach=1.85,
-                                           offroad_ahead=2.0, focus_ends=0.5, out=str(tmp_path / "reach"), **common))
+                                           offroad_ahead=2.0, focus_ends=0.5, focus_queues=0.25,
+                                           out=str(tmp_path / "reach"), **common))
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["prox_reach"] == 1.85
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["focus_ends"] == 0.5
+    assert load_policy(reach / "checkpoint.pt")[1]["preset"]["focus_queues"] == 0.25
     assert load_policy(reach / "checkpoint.pt")[1]["preset"]["offroad_ahead"] == 2.0
     tracked = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]),
                                              track_weight=0.5, batch_size=3, out=str(tmp_path / "track"), **common))
@@ -999,6 +1001,12 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     with pytest.raises(UserError, match="--focus-ends must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), focus_ends=1.0,
                                        out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="--focus-queues must"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), focus_queues=-0.1,
+                                       out=str(tmp_path / "n"), **common))
+    with pytest.raises(UserError, match="add up to less than 1"):
+        train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), focus_ends=0.5,
+                                       focus_queues=0.5, out=str(tmp_path / "n"), **common))
     with pytest.raises(UserError, match="--offroad-ahead must"):
         train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), offroad_ahead=-1.0,
                                        out=str(tmp_path / "n"), **common))
@@ -1053,3 +1061,26 @@ def test_balanced_step_rescales_the_uncertainty_gradient_to_the_costs():
     assert step2((w2 * b).sum(), 1) and torch.allclose(w2.grad, b)
     # a non-finite uncertainty skips the batch
     assert not step2(((w2 * a).sum(), (w2 * b).sum() * float("nan")), 2)
+
+
+def test_queues_mask_marks_the_frames_before_the_recorded_car_slows_within_its_episode():
+    from types import SimpleNamespace
+
+    from policy.train import QUEUE_DROP, QUEUE_WITHIN, queues_mask
+
+    # episode 0: 10 m/s for 80 frames, then 5 m/s (a drop of 5 >= QUEUE_DROP) for 40;
+    # episode 1: 1 m/s throughout, after an episode that ends fast (no drop across episodes);
+    # episode 2: a drop of 3.9 m/s (< QUEUE_DROP) along y, speed from vy.
+    v0 = np.r_[np.full(80, 10.0), np.full(40, 5.0)]
+    v1 = np.full(60, 1.0)
+    v2 = np.r_[np.full(50, 8.0), np.full(50, 4.1)]
+    states = np.zeros((len(v0) + len(v1) + len(v2), 4), dtype=np.float32)
+    states[:len(v0) + len(v1), 2] = np.r_[v0, v1]
+    states[len(v0) + len(v1):, 3] = v2
+    dataset = SimpleNamespace(states=states, episode_start=np.array([0, 120, 180]),
+                              episode_length=np.array([120, 60, 100]))
+    mask = queues_mask(dataset)
+    assert QUEUE_DROP == 4.0 and QUEUE_WITHIN == 40
+    expected = np.zeros(len(states), dtype=bool)
+    expected[80 - QUEUE_WITHIN:80] = True  # the frames whose next 40 include one at 5 m/s
+    np.testing.assert_array_equal(mask, expected)
