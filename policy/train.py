@@ -88,7 +88,8 @@ class PolicyPreset:
     # the world separated from the car: the model predicts the traffic along the recorded
     # car's path, the policy's car moves by its kinematics among it (see rollout_separated)
     separate_ego: bool = False
-    world: str = "model"  # with separate_ego: the traffic predicted by the model, "recorded", or "mixed"
+    # with separate_ego: the traffic predicted by the model, "recorded", "mixed" or "worst" (both)
+    world: str = "model"
     # with separate_ego: half-widths of uniform perturbations of the car's start from the
     # recorded car's, along [m], across [m], speed [m/s] (see rollout_separated's start)
     start_noise: tuple = (0.0, 0.0, 0.0)
@@ -190,7 +191,8 @@ class TrainPolicyConfig:
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
         "model) or 'recorded' (the recorded future: the replay simulator made differentiable, what a "
         "perfect model would give) or 'mixed' (each training window among one or the other, at random, "
-        "half each; default: the preset's, model)", None, choices=["model", "recorded", "mixed"])
+        "half each) or 'worst' (each window among both, each step costing what it costs in the worse of "
+        "the two; default: the preset's, model)", None, choices=["model", "recorded", "mixed", "worst"])
     start_noise: Optional[str] = doc(
         "with --separate-ego: ALONG,ACROSS,SPEED, half-widths [m, m, m/s] of uniform perturbations of "
         "the car's start from the recorded car's, so that it learns to recover from states the expert "
@@ -425,7 +427,10 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     k = preset.k_dropout if method == "mpur" else 1  # dropout samples of the uncertainty cost
     if preset.separate_ego:
         recorded = batch["images"][:, n:n + preset.horizon] if preset.world != "model" else None
-        if preset.world == "mixed":  # each window among the recorded or the predicted traffic
+        worlds = [recorded]
+        if preset.world == "worst":  # each window among both; each step costs what the worse one does
+            worlds = [None, recorded]
+        elif preset.world == "mixed":  # each window among the recorded or the predicted traffic
             among_recorded = torch.rand(len(images)) < 0.5  # drawn on the CPU: the same on every device
             predicted = predicted_world(model, images, states, batch["car_size"], preset.horizon, stats,
                                         batch["actions"][:, n - 1:n - 1 + preset.horizon])
@@ -436,16 +441,19 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
         start = None
         if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
             start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)
-        r = rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
-                              batch["actions"][:, n - 1:n - 1 + preset.horizon], world=recorded, start=start,
-                              rear_weight=preset.rear_weight, k_dropout=k, u_stats=u_stats,
-                              u_stride=preset.u_stride, weights=w, u_through_states=preset.u_through_states,
-                              prox_reach=preset.prox_reach, offroad_ahead=preset.offroad_ahead)
+        r, *others = [rollout_separated(model, actor, images, states, batch["car_size"], preset.horizon, stats,
+                                        batch["actions"][:, n - 1:n - 1 + preset.horizon], world=world,
+                                        start=start, rear_weight=preset.rear_weight, k_dropout=k if i == 0 else 1,
+                                        u_stats=u_stats if i == 0 else None, u_stride=preset.u_stride, weights=w,
+                                        u_through_states=preset.u_through_states, prox_reach=preset.prox_reach,
+                                        offroad_ahead=preset.offroad_ahead)
+                      for i, world in enumerate(worlds)]
     else:
         r = rollout(model, actor, images, states, batch["car_size"], preset.horizon, stats, w,
                     k_dropout=k, u_stats=u_stats if method == "mpur" else None,
                     kinematic_gradient=preset.kinematic_gradient and method != "mper", prox_reach=preset.prox_reach,
                     offroad_ahead=preset.offroad_ahead)
+        others = []
     costs = r["costs"]  # (B, T, 3)
     metrics = {name: costs[..., i].mean().detach() for i, name in enumerate(("proximity", "lane", "offroad"))}
     if method == "mper":
@@ -459,6 +467,11 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
             track = (r["offsets"][..., 0] / TRACK_SCALE) ** 2
             per_step = per_step + preset.track_weight * track
             metrics["track"] = track.mean().detach()
+        for other in others:  # --world worst: the worse of the two worlds at every step
+            other_step = w.combine(other["costs"])
+            if preset.track_weight > 0:
+                other_step = other_step + preset.track_weight * (other["offsets"][..., 0] / TRACK_SCALE) ** 2
+            per_step = torch.maximum(per_step, other_step)
         loss = discounted(per_step, w.gamma)
         if "uncertainty" in r:
             u = r["uncertainty"]  # (B, T), or (B, T / u_stride) with the world separated

@@ -736,6 +736,36 @@ def test_track_weight_adds_the_squared_distance_from_the_recorded_place(trained,
     assert last.grad[0] < 0  # descending it accelerates
 
 
+def test_worst_world_costs_each_step_what_the_worse_of_the_two_worlds_does(trained, monkeypatch):
+    """--world worst: the per-step cost is the elementwise max of the same unroll's costs
+    among the model's traffic and among the recorded traffic, and its gradient flows."""
+    from data.dataset import Dataset, WindowSampler
+    from policy import train as tr
+    from policy.train import PRESETS, policy_loss, with_separated
+    from world_model.train import load_model
+
+    model, ckpt = load_model(trained["deterministic"])
+    ds = Dataset.open(trained["dataset"])
+    batch = WindowSampler(ds, "train", 4, 4, batch_size=6, seed=3).sample()
+    net = PolicyNet(dataclasses.replace(with_separated(PRESETS["tiny"]).policy, n_cond=4))
+    seen = []
+    real = tr.discounted
+    monkeypatch.setattr(tr, "discounted", lambda per_step, gamma: seen.append(per_step) or real(per_step, gamma))
+    per_world = {}
+    for world in ("model", "recorded", "worst"):
+        preset = dataclasses.replace(with_separated(PRESETS["tiny"]), world=world)
+        torch.manual_seed(5)  # the same displaced starts in each world
+        loss, _ = policy_loss("vg", net, model, batch, preset, ckpt["stats"], None)
+        per_world[world] = seen[-1]
+    worst, pred, rec = per_world["worst"].detach(), per_world["model"].detach(), per_world["recorded"].detach()
+    assert not torch.allclose(pred, rec)  # the two worlds differ
+    torch.testing.assert_close(worst, torch.maximum(pred, rec))
+    assert (rec > pred).any() and (pred > rec).any()  # each world is the worse one somewhere
+    net.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
 def test_mpc_lowers_the_planned_cost(trained):
     from data.dataset import Dataset, WindowSampler
     from policy.mpc import MPC, MPCConfig
@@ -964,6 +994,9 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     mixed = train_policy(TrainPolicyConfig(method="vg", steps=2, model=str(trained["deterministic"]), world="mixed",
                                            out=str(tmp_path / "mixed"), **common))
     assert load_policy(mixed / "checkpoint.pt")[1]["preset"]["world"] == "mixed"
+    worst = train_policy(TrainPolicyConfig(method="vg", steps=1, model=str(trained["deterministic"]), world="worst",
+                                           out=str(tmp_path / "worst"), **common))
+    assert load_policy(worst / "checkpoint.pt")[1]["preset"]["world"] == "worst"
     with pytest.raises(UserError, match="--action-bound"):
         train_policy(TrainPolicyConfig(method="svg", steps=1, model=str(trained["stochastic"]), action_bound=0.0,
                                        out=str(tmp_path / "n"), **common))
