@@ -181,3 +181,66 @@ def test_follow_drives_where_no_action_crashes(small_scene):
     assert (out["no-action"].hit == front).mean() > 0.3
     assert (out["follow"].hit == front).mean() < 0.02  # it does not run into the car ahead
     assert out["follow"].success.mean() > 0.6 > out["no-action"].success.mean()
+
+
+def _ramp_scene(platoon: bool):
+    """The synthetic I-80 road: one car coming down the on-ramp (lane 7) at 10 m/s, recorded
+    merging into lane 6 before the ramp's end, and with ``platoon`` a closed column of vehicles
+    in lane 6 beside it (3.5 m gaps at 10 m/s) for the first 20 s."""
+    import pandas as pd
+
+    from traffic_sim.ngsim import COLUMNS, DTYPES
+    from traffic_sim.roads import LANE_WIDTH
+
+    rows = []
+
+    def track(tid, x_of_y, y0, v, frames, lane_of_y):
+        for f in range(frames):
+            y = y0 + v * f * DT
+            rows.append(dict(vehicle_id=tid + 1, frame=f + 1, total_frames=frames, global_time=100 * f,
+                             x=x_of_y(y), y=y, global_x=0.0, global_y=0.0, length=4.5, width=1.8, v_class=2,
+                             speed=v, acc=0.0, lane=lane_of_y(y), preceding=0, following=0,
+                             space_headway=0.0, time_headway=0.0, location="synthetic-i80", track_id=tid))
+
+    ramp, lane6 = 6.5 * LANE_WIDTH, 5.5 * LANE_WIDTH
+    track(0, lambda y: float(np.interp(y, [200.0, 230.0], [ramp, lane6])), 140.0, 10.0, 450,
+          lambda y: 7 if y < 215.0 else 6)
+    if platoon:
+        for k in range(60):  # front to back along lane 6, 8 m apart, through the ramp's end for 20 s
+            track(1 + k, lambda y: lane6, 260.0 - 8.0 * k, 10.0, 200, lambda y: 6)
+    df = pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: v for k, v in DTYPES.items() if k != "location"})
+    df["location"] = df["location"].astype("category")
+    from traffic_sim.scene import Scene
+
+    return Scene.from_table(df)
+
+
+@pytest.mark.parametrize("platoon", [False, True])
+def test_follow_merge_leaves_a_ramp_that_ends_and_waits_for_a_gap(platoon):
+    from traffic_sim.follow import GAP_MIN, STOP_MARGIN, merge_targets
+
+    sc = _ramp_scene(platoon)
+    assert {k: v.lane_id for k, v in merge_targets(sc.road).items()} == {7: 6}
+    end = sc.road.lane(7).y_end
+    sim = ReplaySimulator(sc)
+    out = {}
+    for policy in ("follow", "follow-merge"):
+        cars = sim.start([0])
+        nearest, waited = np.inf, 0
+        while not cars.done.all():
+            sim.step(cars, builtin_actions(sim, cars, policy))
+            if sc.road.lane_at(cars.center_x, cars.center_y)[0] == 7:
+                nearest = min(nearest, end - cars.y[0])
+                if cars.v[0] < 0.1:  # standing: where it waits
+                    waited += 1
+                    wait_at = end - cars.y[0]
+        out[policy] = (cars, nearest, waited)
+    assert out["follow"][0].off_road[0]  # plain car following drives off the ramp's end
+    cars, nearest, waited = out["follow-merge"]
+    assert cars.success[0] and not cars.collision[0]
+    if platoon:  # no gap for 20 s: it stops short of the end and waits, then merges behind the column
+        # IDM stands its jam distance behind the obstacle at STOP_MARGIN before the end
+        assert wait_at == pytest.approx(STOP_MARGIN + GAP_MIN, abs=0.5) and waited > 50
+        assert nearest > 0  # and it was over before the end
+    else:  # a free lane beside: it merges on the way, well before the end
+        assert nearest > 3 * STOP_MARGIN and waited == 0

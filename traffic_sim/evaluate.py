@@ -106,7 +106,8 @@ class EvaluateConfig:
     """Closed-loop evaluation of driving policies in the replay simulator."""
 
     policy: str = doc("policies to evaluate, comma-separated: human, no-action, follow (car "
-                      "following with the true gaps, a privileged reference), mpc (planning "
+                      "following with the true gaps, a privileged reference), follow-merge (the "
+                      "same, merging out of a lane that ends), mpc (planning "
                       "with the forward model) or a policy checkpoint (file or train-policy folder)",
                       "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")

@@ -7,6 +7,12 @@ the centre of the lane it is in, and never changes lanes. It shows how far plain
 following gets on a recording (the controlled car is still run into from behind and from
 the side, since nobody reacts to it), the reference a learned policy can be measured
 against.
+
+``--policy follow-merge`` is the same driver that also merges out of a lane that ends (an
+on-ramp, :meth:`~traffic_sim.roads.Road.to_lane_end`): it stops short of the lane's end
+behind a standing obstacle there, and steers into the lane beside that goes on as soon as
+the true gaps to the vehicles ahead and behind in that lane are accepted (a gap acceptance
+rule, as the lane-changing models of traffic simulation have one).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ LANE_MARGIN = 0.3  # [m] lateral overlap below which a vehicle is not in the car
 HEADING_GAIN = 0.1  # [1/m] wanted heading (lateral unit component) per metre off centre
 HEADING_MAX = 0.1  # wanted heading's bound (lateral unit component)
 STEER_GAIN = 0.3  # fraction of the heading error corrected per step
+# follow-merge
+STOP_MARGIN = 10.0  # [m] where it waits before the end of a lane that ends (the recorded drivers: ~12 m)
+MERGE_HEADING_MAX = 0.35  # wanted heading's bound while it merges (lateral unit component)
+MERGE_HEADWAY = 0.5  # [s] accepted time gap to the vehicle ahead in the lane it merges into, and from the one behind
+MERGE_CLOSING_TIME = 1.5  # [s] extra gap from the one behind per m/s it is faster
 
 
 def idm_acceleration(speed, gap, leader_speed):
@@ -38,12 +49,41 @@ def idm_acceleration(speed, gap, leader_speed):
     return ACC_MAX * (1.0 - (speed / SPEED_DESIRED) ** 4 - interaction)
 
 
-def follow_actions(sim, cars) -> np.ndarray:
+def _speeds(sc, rows, frame):
+    """[m/s] speeds of the replayed vehicles at scene ``rows`` (N, K) at ``frame`` (N,)."""
+    track = sc.track[rows]
+    first = sc.tr_start[track]
+    return sc.tr_speed[np.minimum(first + frame[:, None] - sc.tr_frame[first], sc.tr_start[track + 1] - 1)]
+
+
+def merge_targets(road) -> dict:
+    """For each lane that ends with no lane going on in its place (see
+    :meth:`~traffic_sim.roads.Road.to_lane_end`), the lane beside it that goes on past its end:
+    {lane id: that lane}."""
+    out = {}
+    for lane in road.lanes:
+        end = road.span(lane)[1]
+        ends = np.isfinite(road.to_lane_end(np.array([lane.center]), np.array([end - 1.0])))[0]
+        if not ends:
+            continue
+        for other in road.lanes:
+            beside = np.isclose(other.right, lane.left) or np.isclose(other.left, lane.right)
+            y0, y1 = road.span(other)
+            if other.lane_id != lane.lane_id and beside and y0 < end < y1:
+                out[lane.lane_id] = other
+                break
+    return out
+
+
+def follow_actions(sim, cars, merge: bool = False) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
-    in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`)."""
+    in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
+    out of a lane that ends (``follow-merge``)."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
+    if rows.shape[1] == 0:  # nobody near any car: one column that counts for none
+        rows, valid = np.zeros((len(frame), 1), dtype=rows.dtype), np.zeros((len(frame), 1), dtype=bool)
     other_cx = sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]
     overlap = 0.5 * (sc.width[rows] + cars.width[:, None]) - np.abs(other_cx - cars.center_x[:, None])
     rear = sc.y[rows] - sc.length[rows] * sc.uy[rows]  # [m] the other vehicle's rear
@@ -51,11 +91,8 @@ def follow_actions(sim, cars) -> np.ndarray:
     gaps = np.where(ahead, rear - cars.y[:, None], np.inf)  # bumper to bumper
     lead = np.argmin(gaps, axis=1)
     gap = gaps[np.arange(len(lead)), lead]
-    # the leader's speed: its track's row at this frame
-    lead_row = rows[np.arange(len(lead)), lead]
-    track = sc.track[lead_row]
-    tr_row = np.minimum(sc.tr_start[track] + frame - sc.tr_frame[sc.tr_start[track]], sc.tr_start[track + 1] - 1)
-    leader_speed = np.where(np.isfinite(gap), sc.tr_speed[tr_row], cars.v)
+    speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
+    leader_speed = np.where(np.isfinite(gap), speeds[np.arange(len(lead)), lead], cars.v)
     acc = np.clip(idm_acceleration(cars.v, gap, leader_speed), *ACC_LIMITS)
 
     lane = sc.road.lane_at(cars.center_x, cars.center_y)  # 0: off the road
@@ -63,6 +100,34 @@ def follow_actions(sim, cars) -> np.ndarray:
     for ln in sc.road.lanes:
         centre[ln.lane_id] = ln.center
     target = np.where(lane > 0, centre[lane], cars.center_x)
-    heading = np.clip(HEADING_GAIN * (target - cars.center_x), -HEADING_MAX, HEADING_MAX)
+    heading_max = np.full(len(lane), HEADING_MAX)
+    if merge:
+        for lane_id, into in merge_targets(sc.road).items():
+            mine = lane == lane_id
+            if not mine.any():
+                continue
+            # [m] from the car's front to its lane's end
+            to_end = sc.road.to_lane_end(cars.center_x, cars.center_y) - (cars.y - cars.center_y)
+            # the true gaps in the lane it merges into: ahead (its rear to the car's front) and
+            # behind (the car's rear to its front), with the speeds of those vehicles
+            there = valid & (np.abs(other_cx - into.center) < 0.5 * into.width)
+            front = sc.y[rows]
+            car_rear = cars.y - cars.length * cars.uy
+            is_ahead = there & (front - 0.5 * sc.length[rows] * sc.uy[rows] > cars.center_y[:, None])
+            gap_ahead = np.where(is_ahead, rear - cars.y[:, None], np.inf)
+            gap_behind = np.where(there & ~is_ahead, car_rear[:, None] - front, np.inf)
+            need_ahead = GAP_MIN + MERGE_HEADWAY * cars.v[:, None]
+            need_behind = (GAP_MIN + MERGE_HEADWAY * speeds
+                           + MERGE_CLOSING_TIME * np.maximum(speeds - cars.v[:, None], 0.0))
+            accept = np.all(gap_ahead >= need_ahead, axis=1) & np.all(gap_behind >= need_behind, axis=1)
+            go = mine & accept
+            # it waits behind a standing obstacle short of the end, and creeps to the end itself
+            # while it merges
+            stop_gap = np.where(go, to_end, to_end - STOP_MARGIN)
+            acc = np.where(mine, np.minimum(acc, np.clip(idm_acceleration(cars.v, np.maximum(stop_gap, 0.0), 0.0),
+                                                         *ACC_LIMITS)), acc)
+            target = np.where(go, into.center, target)
+            heading_max = np.where(go, MERGE_HEADING_MAX, heading_max)
+    heading = np.clip(HEADING_GAIN * (target - cars.center_x), -heading_max, heading_max)
     steer = STEER_GAIN * (heading - cars.ux) / (np.maximum(cars.v, 1.0) * DT)
     return np.stack([acc, steer], axis=1)

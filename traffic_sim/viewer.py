@@ -186,7 +186,7 @@ class Viewer:
         self.scene = scene
         self.sim = ReplaySimulator(scene)
         if isinstance(policy, str) and policy not in BUILTIN_POLICIES:
-            raise ValueError(f"unknown policy {policy!r}: use 'human', 'no-action', 'follow' or a callable")
+            raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(BUILTIN_POLICIES)} or a callable")
         self.policy = policy
         if episodes is None or isinstance(episodes, str):
             split = episodes or ("test" if len(scene.episodes.get("test", ())) else "all")
@@ -775,7 +775,7 @@ class EnvRenderer:
 class WatchConfig:
     """Watch a car drive in replayed traffic (pygame window, or --record to a file)."""
 
-    policy: str = doc("driver of the blue car: human, no-action, follow, mpc or a policy checkpoint "
+    policy: str = doc("driver of the blue car: human, no-action, follow, follow-merge, mpc or a policy checkpoint "
                       "(file or train-policy folder)", "human")
     split: str = doc("episode split: train, val, test or all", "test")
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
@@ -805,7 +805,7 @@ def watch_command(cfg: WatchConfig) -> str:
     from .evaluate import _learned
 
     if cfg.policy not in BUILTIN_POLICIES and not _learned(cfg.policy):
-        raise UserError(f"unknown policy {cfg.policy!r}: choose human, no-action, follow, mpc or the "
+        raise UserError(f"unknown policy {cfg.policy!r}: choose {', '.join(BUILTIN_POLICIES)}, mpc or the "
                         "path of a policy checkpoint")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
