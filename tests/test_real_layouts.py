@@ -42,6 +42,14 @@ def test_raw_i80_file_takes_the_i80_road_and_is_smoothed(i80_files):
     outcome = run_episodes(scene, scene.episodes["all"], "human")
     assert len(outcome["success"]) > 100
     assert outcome["success"].mean() >= 0.98
+    # the on-ramp ends: car following drives off its end, follow-merge merges into lane 6
+    tracks = scene.episodes["all"]
+    rows = scene.ep_row[tracks]
+    ramp = tracks[scene.road.lane_at(scene.tr_x[rows], scene.tr_y[rows]) == 7]
+    assert len(ramp) >= 3
+    follow, merge = (run_episodes(scene, ramp, p) for p in ("follow", "follow-merge"))
+    assert follow["off_road"].mean() > 0.9
+    assert not merge["off_road"].any() and merge["success"].sum() > len(ramp) // 2 > follow["success"].sum()
 
 
 def test_csv_export_gives_the_same_scene(i80_files):
@@ -63,6 +71,9 @@ def test_us101_file_takes_the_us101_road(tmp_path):
     assert {lane.lane_id for lane in scene.road.lanes} == {1, 2, 3, 4, 5, 6, 7, 8}
     outcome = run_episodes(scene, scene.episodes["all"], "human")
     assert outcome["success"].mean() >= 0.98
+    # its on-ramp goes on as the auxiliary lane: nothing to merge from, follow-merge is follow
+    follow, merge = (run_episodes(scene, scene.episodes["all"], p) for p in ("follow", "follow-merge"))
+    assert np.array_equal(follow["success"], merge["success"]) and np.array_equal(follow["hit"], merge["hit"])
 
 
 def test_unknown_location_asks_for_it(tmp_path):
