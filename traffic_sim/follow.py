@@ -17,6 +17,8 @@ rule, as the lane-changing models of traffic simulation have one).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .scene import DT
@@ -56,10 +58,11 @@ def _speeds(sc, rows, frame):
     return sc.tr_speed[np.minimum(first + frame[:, None] - sc.tr_frame[first], sc.tr_start[track + 1] - 1)]
 
 
+@lru_cache(maxsize=16)
 def merge_targets(road) -> dict:
     """For each lane that ends with no lane going on in its place (see
     :meth:`~traffic_sim.roads.Road.to_lane_end`), the lane beside it that goes on past its end:
-    {lane id: that lane}."""
+    {lane id: that lane}. Cached by road (a frozen dataclass): it is asked at every step."""
     out = {}
     for lane in road.lanes:
         end = road.span(lane)[1]
