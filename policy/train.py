@@ -427,10 +427,7 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     k = preset.k_dropout if method == "mpur" else 1  # dropout samples of the uncertainty cost
     if preset.separate_ego:
         recorded = batch["images"][:, n:n + preset.horizon] if preset.world != "model" else None
-        worlds = [recorded]
-        if preset.world == "worst":  # each window among both; each step costs what the worse one does
-            worlds = [None, recorded]
-        elif preset.world == "mixed":  # each window among the recorded or the predicted traffic
+        if preset.world == "mixed":  # each window among the recorded or the predicted traffic
             among_recorded = torch.rand(len(images)) < 0.5  # drawn on the CPU: the same on every device
             predicted = predicted_world(model, images, states, batch["car_size"], preset.horizon, stats,
                                         batch["actions"][:, n - 1:n - 1 + preset.horizon])
@@ -438,6 +435,8 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
                 recorded = recorded.float() / 255.0
             recorded = torch.where(among_recorded.to(images.device)[:, None, None, None, None],
                                    recorded.to(predicted.dtype), predicted)
+        # --world worst: each window among both; each step costs what the worse one does
+        worlds = [None, recorded] if preset.world == "worst" else [recorded]
         start = None
         if any(preset.start_noise):  # drawn on the CPU: the same starts on every device
             start = (2.0 * torch.rand(len(images), 3) - 1.0) * torch.tensor(preset.start_noise, dtype=torch.float32)

@@ -764,6 +764,19 @@ def test_worst_world_costs_each_step_what_the_worse_of_the_two_worlds_does(train
     net.zero_grad()
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    # --world mixed: each window costs what it costs among one world or the other (starts not
+    # displaced, so that the three unrolls start alike), and both occur in the batch
+    for world in ("model", "recorded", "mixed"):
+        preset = dataclasses.replace(with_separated(PRESETS["tiny"]), world=world, start_noise=(0.0, 0.0, 0.0))
+        torch.manual_seed(7)
+        policy_loss("vg", net, model, batch, preset, ckpt["stats"], None)
+        per_world[world] = seen[-1].detach()
+    pred, rec, mixed = per_world["model"], per_world["recorded"], per_world["mixed"]
+    among_rec = [torch.allclose(m, r) for m, r in zip(mixed, rec)]
+    among_pred = [torch.allclose(m, p) for m, p in zip(mixed, pred)]
+    assert all(a or b for a, b in zip(among_rec, among_pred))
+    assert any(a and not b for a, b in zip(among_rec, among_pred))
+    assert any(b and not a for a, b in zip(among_rec, among_pred))
 
 
 def test_mpc_lowers_the_planned_cost(trained):
