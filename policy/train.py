@@ -156,7 +156,8 @@ class TrainPolicyConfig:
     method: str = doc("mpur | svg | vg | mper | il", "mpur", choices=list(METHODS))
     model: Optional[str] = doc(
         "forward-model checkpoint (default: <artifacts>/models/stochastic-<preset> for mpur "
-        "and svg, deterministic-<preset> for vg and mper; il needs none)", None)
+        "and svg, deterministic-<preset> for vg and mper; il needs none); several, "
+        "comma-separated, take turns step by step (the car among each one's traffic)", None)
     preset: str = doc("tiny (tests) | default (CPU) | paper (reference, accelerator)", "default",
                       choices=list(PRESETS))
     device: str = doc("cpu | cuda", "cpu", choices=["cpu", "cuda"])
@@ -319,7 +320,12 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
         print(f"measuring the model's uncertainty on expert actions ({preset.u_stats_batches} batches)")
     sampler = sampler_factory(n_pred=preset.horizon, seed=12345)
     batches = [sampler.sample() for _ in range(preset.u_stats_batches)]
-    u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon, stride)
+    # on a random stream of its own: the training that follows draws the same numbers whether
+    # the statistics were measured now or read from the file
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(12345)
+        u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon, stride)
     u["model_step"] = model_step
     try:
         with atomic_output(path) as tmp:
@@ -693,27 +699,41 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
     total_steps = cfg.steps if cfg.steps is not None else preset.steps
 
-    # the forward model
+    # the forward model(s): with several, the training steps take turns among them
     kind = METHOD_MODEL[cfg.method]
-    model = model_path = None
-    model_step = None
+    models, model_paths, model_steps = [], [], []
+    default_dataset = None
     if kind is not None:
-        model_path = Path(resume_ckpt["model_path"]) if resume_ckpt else (
-            Path(cfg.model) if cfg.model else default_model(kind, cfg.preset))
-        if model_path.is_dir():
-            model_path = model_path / CHECKPOINT
-        if not model_path.is_file():
-            raise UserError(f"{model_path}: no forward model; train one first: "
-                            f"python run.py train-model --model {kind} --preset {cfg.preset}")
-        model, mckpt = load_model(model_path, device)
-        if model.config.stochastic != (kind == "stochastic") and not (cfg.method == "mpur" and cfg.model):
-            # (MPUR on a deterministic model is the paper's "MPUR deterministic": asked for by --model)
-            raise UserError(f"--method {cfg.method} needs a {kind} model; {model_path} is not one")
-        model.requires_grad_(False)
-        model_step = int(mckpt["step"])
-        default_dataset = mckpt["dataset"]
-    else:
-        default_dataset = None
+        if resume_ckpt:
+            model_paths = [Path(p) for p in resume_ckpt.get("model_paths") or [resume_ckpt["model_path"]]]
+        elif cfg.model:
+            model_paths = [Path(p.strip()) for p in cfg.model.split(",") if p.strip()]
+        if not model_paths:
+            model_paths = [default_model(kind, cfg.preset)]
+        model_paths = [p / CHECKPOINT if p.is_dir() else p for p in model_paths]
+        if len(set(model_paths)) < len(model_paths):
+            raise UserError(f"--model names a checkpoint twice: {cfg.model}")
+        for path in model_paths:
+            if not path.is_file():
+                raise UserError(f"{path}: no forward model; train one first: "
+                                f"python run.py train-model --model {kind} --preset {cfg.preset}")
+            model, mckpt = load_model(path, device)
+            if model.config.stochastic != (kind == "stochastic") and not (
+                    cfg.method == "mpur" and (cfg.model or resume_ckpt)):
+                # (MPUR on a deterministic model is the paper's "MPUR deterministic": asked for by
+                # --model, and kept on --resume)
+                raise UserError(f"--method {cfg.method} needs a {kind} model; {path} is not one")
+            if models and (model.config.n_cond, model.config.image_height, model.config.image_width,
+                           model.config.stochastic) != (models[0].config.n_cond, models[0].config.image_height,
+                                                        models[0].config.image_width, models[0].config.stochastic):
+                raise UserError(f"--model: {path} does not see what {model_paths[0]} does "
+                                f"(history, image size or kind differ)")
+            models.append(model.requires_grad_(False))
+            model_steps.append(int(mckpt["step"]))
+            default_dataset = default_dataset or mckpt["dataset"]
+    model = models[0] if models else None
+    model_path = model_paths[0] if model_paths else None
+    model_step = model_steps[0] if model_steps else None
     if resume_ckpt is not None:
         dataset_path = Path(resume_ckpt["dataset"])
     elif cfg.dataset:
@@ -747,10 +767,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             if not cfg.quiet:
                 print(f"{option}: {n_focus:,} of {sampler.n_windows:,} training windows {what}"
                       + ("" if n_focus else " (none: all windows alike)"))
-    u_stats = None
+    u_stats_all = [None] * len(models)  # each model's own scale of the uncertainty
     if cfg.method == "mpur":
-        u_stats = resume_ckpt["u_stats"] if resume_ckpt else uncertainty_stats_for(
-            model, model_path, model_step, sampler_factory, stats, preset, cfg.quiet)
+        u_stats_all = (resume_ckpt.get("u_stats_all") or [resume_ckpt["u_stats"]]) if resume_ckpt else [
+            uncertainty_stats_for(m, p, st, sampler_factory, stats, preset, cfg.quiet)
+            for m, p, st in zip(models, model_paths, model_steps)]
+    u_stats = u_stats_all[0] if u_stats_all else None
     # the weights that validate and drive: the network itself, or the moving average of its weights
     driven = copy.deepcopy(net).requires_grad_(False) if preset.ema > 0 else net
     validation = None
@@ -776,7 +798,9 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             "policy_config": preset.policy.to_dict(), "preset": preset_to_dict(preset),
             "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "model_path": str(model_path.resolve()) if model_path else None, "model_step": model_step,
-            "stats": stats, "u_stats": u_stats, "step": progress.step, "seconds": progress.seconds, "val": val,
+            "model_paths": [str(p.resolve()) for p in model_paths], "model_steps": model_steps,
+            "stats": stats, "u_stats": u_stats, "u_stats_all": u_stats_all,
+            "step": progress.step, "seconds": progress.seconds, "val": val,
             "best": best, "policy": driven.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(sampler, device),
             **({"policy_raw": net.state_dict()} if driven is not net else {}),
@@ -792,8 +816,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             for group in opt.param_groups:
                 group["lr"] = learning_rate(preset.lr, progress.step, total_steps)
         batch = sampler.sample()
+        turn = progress.step % len(models) if models else 0  # by the step: the same turns on --resume
         with autocast(device, dtype):
-            return policy_loss(cfg.method, net, model, batch, preset, stats, u_stats)
+            return policy_loss(cfg.method, net, models[turn] if models else None, batch, preset, stats,
+                               u_stats_all[turn] if models else None)
 
     update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio, preset.u_grad_project)
               if preset.u_grad_ratio is not None else GuardedStep(opt, net.parameters(), preset.grad_clip))

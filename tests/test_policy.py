@@ -624,6 +624,59 @@ def test_resume_continues_exactly(trained, tmp_path, ema):
         assert any(not torch.equal(x, ca["policy_raw"][k]) for k, x in ca["policy"].items())
 
 
+def test_several_models_take_turns_step_by_step(trained, tmp_path, monkeypatch):
+    """--model a,b: step k trains among model (k mod 2)'s traffic, each with its own
+    uncertainty scale; the checkpoint keeps both, and --resume goes on with the same turns."""
+    from policy import train as tr
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.cli_util import UserError
+    from world_model.train import load_checkpoint, save_checkpoint
+
+    def fingerprint(weights: dict) -> float:
+        return round(sum(float(v.double().sum()) for v in weights.values() if v.is_floating_point()), 3)
+
+    first = trained["deterministic"]
+    ckpt = load_checkpoint(first)
+    ckpt["model"] = {k: v * 1.5 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    second = tmp_path / "other" / "checkpoint.pt"
+    second.parent.mkdir()
+    save_checkpoint(second, ckpt)
+
+    seen = []  # (fingerprint of the model's weights, the uncertainty scale it came with)
+    real = tr.policy_loss
+
+    def spy(method, net, model, batch, preset, stats, u_stats):
+        seen.append((fingerprint(model.state_dict()), id(u_stats)))
+        return real(method, net, model, batch, preset, stats, u_stats)
+
+    monkeypatch.setattr(tr, "policy_loss", spy)
+    common = dict(method="mpur", preset="tiny", quiet=True, val_episodes=0, model=f"{first},{second.parent}")
+    out = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=5, **common))
+    a, b = (fingerprint(load_checkpoint(f)["model"]) for f in (first, second))
+    assert a != b
+    assert [x[0] for x in seen] == [a, b, a, b, a]
+    assert len({x[1] for x in seen}) == 2  # each model's own statistics
+    assert (second.parent / "uncertainty-k2-h4.json").is_file()
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert [Path(p) for p in saved["model_paths"]] == [first.resolve(), second.resolve()]
+    assert saved["model_path"] == saved["model_paths"][0] and len(saved["u_stats_all"]) == 2
+
+    seen.clear()
+    part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=3, **common))
+    train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=5, resume=True, method="mpur",
+                                   preset="tiny", quiet=True, val_episodes=0))  # the models come from the checkpoint
+    assert [x[0] for x in seen] == [a, b, a, b, a]
+    resumed = torch.load(part / "checkpoint.pt", weights_only=True)
+    for k, x in saved["policy"].items():
+        assert torch.equal(x, resumed["policy"][k]), k
+
+    with pytest.raises(UserError, match="twice"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), steps=1, **{**common, "model": f"{first},{first}"}))
+    with pytest.raises(UserError, match="does not see what"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "y"), steps=1,
+                                       **{**common, "model": f"{first},{trained['stochastic']}"}))
+
+
 def test_average_weights_moves_part_of_the_way():
     from policy.train import average_weights
 
