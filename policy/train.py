@@ -39,7 +39,7 @@ from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir, atomic_output
 from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, Progress, autocast,
                                get_rng_state, load_checkpoint, load_model, resolve_precision,
-                               run_training, save_checkpoint, set_rng_state)
+                               run_training, save_checkpoint, set_rng_state, weights_digest)
 
 from .driver import BEST, POLICY_KIND, Driver
 from .net import PolicyConfig, PolicyNet
@@ -307,14 +307,15 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
                           stats: dict, preset: PolicyPreset, quiet: bool) -> dict:
     """The expert uncertainty statistics of this model for this K and horizon (and, with
     the world separated from the car, this stride): read from the file beside the model if it
-    was computed for this model step, else computed on training windows with the recorded
-    actions and written there."""
+    was computed for these weights (:func:`weights_digest`), else computed on training windows
+    with the recorded actions and written there."""
     stride = preset.u_stride if preset.separate_ego else None
     sep = f"-sep-s{stride}" if stride else ""
     path = model_path.parent / f"uncertainty-k{preset.k_dropout}-h{preset.horizon}{sep}.json"
+    digest = weights_digest(model)
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("model_step") == model_step:
+        if saved.get("model_digest") == digest:
             return saved
     if not quiet:
         print(f"measuring the model's uncertainty on expert actions ({preset.u_stats_batches} batches)")
@@ -326,7 +327,7 @@ def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_fact
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(12345)
         u = expert_uncertainty_stats(model, batches, stats, preset.weights, preset.k_dropout, preset.horizon, stride)
-    u["model_step"] = model_step
+    u["model_step"], u["model_digest"] = model_step, digest
     try:
         with atomic_output(path) as tmp:
             Path(tmp).write_text(json.dumps(u, indent=1) + "\n")
@@ -731,6 +732,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             models.append(model.requires_grad_(False))
             model_steps.append(int(mckpt["step"]))
             default_dataset = default_dataset or mckpt["dataset"]
+    model_digests = [weights_digest(m) for m in models]  # which models these were, in the checkpoint
     model = models[0] if models else None
     model_path = model_paths[0] if model_paths else None
     model_step = model_steps[0] if model_steps else None
@@ -799,6 +801,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             "train_config": asdict(cfg), "dataset": str(dataset_path.resolve()),
             "model_path": str(model_path.resolve()) if model_path else None, "model_step": model_step,
             "model_paths": [str(p.resolve()) for p in model_paths], "model_steps": model_steps,
+            "model_digests": model_digests,
             "stats": stats, "u_stats": u_stats, "u_stats_all": u_stats_all,
             "step": progress.step, "seconds": progress.seconds, "val": val,
             "best": best, "policy": driven.state_dict(), "optimizer": opt.state_dict(),

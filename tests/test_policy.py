@@ -2,6 +2,7 @@
 cost, tiny end-to-end training of every method, evaluation and the viewer with a policy."""
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -660,6 +661,13 @@ def test_several_models_take_turns_step_by_step(trained, tmp_path, monkeypatch):
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert [Path(p) for p in saved["model_paths"]] == [first.resolve(), second.resolve()]
     assert saved["model_path"] == saved["model_paths"][0] and len(saved["u_stats_all"]) == 2
+    # the statistics beside each model are its own, told apart by the weights, not the step
+    files = [json.loads((f.parent / "uncertainty-k2-h4.json").read_text()) for f in (first, second)]
+    assert files[0]["model_step"] == files[1]["model_step"] == 150
+    assert [f["model_digest"] for f in files] == saved["model_digests"] and files[0] != files[1]
+    (second.parent / "uncertainty-k2-h4.json").write_text(json.dumps(files[0]))  # stale: another model's
+    train_policy(TrainPolicyConfig(out=str(tmp_path / "again"), steps=0, **{**common, "model": str(second)}))
+    assert json.loads((second.parent / "uncertainty-k2-h4.json").read_text()) == files[1]
 
     seen.clear()
     part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=3, **common))

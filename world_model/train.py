@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import signal
@@ -211,6 +212,17 @@ def load_model(path, device="cpu") -> tuple:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (names, shapes, dtypes and values): which trained
+    model a file of statistics or a policy was made with, whatever its path or step."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def preset_to_dict(p: Preset) -> dict:
