@@ -219,9 +219,8 @@ def weights_digest(model: torch.nn.Module) -> str:
     model a file of statistics or a policy was made with, whatever its path or step."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
