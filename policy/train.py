@@ -733,6 +733,11 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             model_steps.append(int(mckpt["step"]))
             default_dataset = default_dataset or mckpt["dataset"]
     model_digests = [weights_digest(m) for m in models]  # which models these were, in the checkpoint
+    if resume_ckpt and resume_ckpt.get("model_digests") not in (None, model_digests):
+        changed = [str(p) for p, was, now in zip(model_paths, resume_ckpt["model_digests"], model_digests)
+                   if was != now]
+        raise UserError(f"--resume: not the forward model(s) this policy was trained with (other weights): "
+                        f"{', '.join(changed)}")
     model = models[0] if models else None
     model_path = model_paths[0] if model_paths else None
     model_step = model_steps[0] if model_steps else None

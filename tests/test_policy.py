@@ -677,6 +677,11 @@ def test_several_models_take_turns_step_by_step(trained, tmp_path, monkeypatch):
     resumed = torch.load(part / "checkpoint.pt", weights_only=True)
     for k, x in saved["policy"].items():
         assert torch.equal(x, resumed["policy"][k]), k
+    ckpt["model"] = {k: v * 2.0 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(second, ckpt)  # the second model's file now holds other weights
+    with pytest.raises(UserError, match=f"not the forward model.* trained with .*: {second}$"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=6, resume=True, method="mpur",
+                                       preset="tiny", quiet=True, val_episodes=0))
 
     with pytest.raises(UserError, match="twice"):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), steps=1, **{**common, "model": f"{first},{first}"}))
