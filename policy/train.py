@@ -714,6 +714,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         model_paths = [p / CHECKPOINT if p.is_dir() else p for p in model_paths]
         if len(set(model_paths)) < len(model_paths):
             raise UserError(f"--model names a checkpoint twice: {cfg.model}")
+
+        def sees(m):  # what the policy's unroll takes from a model: history, image size, kind
+            return m.config.n_cond, m.config.image_height, m.config.image_width, m.config.stochastic
+
         for path in model_paths:
             if not path.is_file():
                 raise UserError(f"{path}: no forward model; train one first: "
@@ -724,9 +728,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
                 # (MPUR on a deterministic model is the paper's "MPUR deterministic": asked for by
                 # --model, and kept on --resume)
                 raise UserError(f"--method {cfg.method} needs a {kind} model; {path} is not one")
-            if models and (model.config.n_cond, model.config.image_height, model.config.image_width,
-                           model.config.stochastic) != (models[0].config.n_cond, models[0].config.image_height,
-                                                        models[0].config.image_width, models[0].config.stochastic):
+            if models and sees(model) != sees(models[0]):
                 raise UserError(f"--model: {path} does not see what {model_paths[0]} does "
                                 f"(history, image size or kind differ)")
             models.append(model.requires_grad_(False))
