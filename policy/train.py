@@ -303,16 +303,15 @@ def preset_from_dict(d: dict) -> PolicyPreset:
 
 
 # ---------------------------------------------------------------------- uncertainty scale
-def uncertainty_stats_for(model, model_path: Path, model_step: int, sampler_factory,
+def uncertainty_stats_for(model, model_path: Path, model_step: int, digest: str, sampler_factory,
                           stats: dict, preset: PolicyPreset, quiet: bool) -> dict:
     """The expert uncertainty statistics of this model for this K and horizon (and, with
     the world separated from the car, this stride): read from the file beside the model if it
-    was computed for these weights (:func:`weights_digest`), else computed on training windows
-    with the recorded actions and written there."""
+    was computed for these weights (``digest``, :func:`weights_digest`), else computed on
+    training windows with the recorded actions and written there."""
     stride = preset.u_stride if preset.separate_ego else None
     sep = f"-sep-s{stride}" if stride else ""
     path = model_path.parent / f"uncertainty-k{preset.k_dropout}-h{preset.horizon}{sep}.json"
-    digest = weights_digest(model)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("model_digest") == digest:
@@ -779,8 +778,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     u_stats_all = [None] * len(models)  # each model's own scale of the uncertainty
     if cfg.method == "mpur":
         u_stats_all = (resume_ckpt.get("u_stats_all") or [resume_ckpt["u_stats"]]) if resume_ckpt else [
-            uncertainty_stats_for(m, p, st, sampler_factory, stats, preset, cfg.quiet)
-            for m, p, st in zip(models, model_paths, model_steps)]
+            uncertainty_stats_for(m, p, st, dg, sampler_factory, stats, preset, cfg.quiet)
+            for m, p, st, dg in zip(models, model_paths, model_steps, model_digests)]
     u_stats = u_stats_all[0] if u_stats_all else None
     # the weights that validate and drive: the network itself, or the moving average of its weights
     driven = copy.deepcopy(net).requires_grad_(False) if preset.ema > 0 else net
