@@ -378,6 +378,61 @@ def test_resume_gives_the_same_steps(dataset_dir, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_final_steps_take_the_lower_rate_and_resume_keeps_it(dataset_dir, tmp_path, monkeypatch):
+    """--final-steps N --final-lr LR: the last N steps of the run at LR (never above the run's
+    rate); kept in the checkpoint, so that a resumed run takes the same rates and weights."""
+    from world_model.train import learning_rate, preset_from_dict, preset_to_dict
+
+    assert [learning_rate(QUICK, 1e-3, s, 6) for s in range(6)] == [1e-3] * 6  # none in the preset
+    final = dataclasses.replace(QUICK, final_steps=2, final_lr=1e-4)
+    assert [learning_rate(final, 1e-3, s, 6) for s in range(6)] == [1e-3] * 4 + [1e-4] * 2
+    assert learning_rate(final, 5e-5, 5, 6) == 5e-5  # never above the run's rate
+    old = preset_to_dict(QUICK)
+    del old["final_steps"], old["final_lr"]  # a checkpoint written before the option
+    assert preset_from_dict(old).final_steps == 0
+
+    rates = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    cfg = TrainConfig(preset="tiny", dataset=str(dataset_dir), precision="fp32", quiet=True, seed=3,
+                      final_steps=2, final_lr=1e-4)
+    full = train_model(dataclasses.replace(cfg, out=str(tmp_path / "full")), QUICK)
+    assert rates == [QUICK.lr] * 4 + [1e-4] * 2
+    assert load_checkpoint(full)["preset"]["final_steps"] == 2
+
+    from data import dataset as data_module
+
+    calls = {"n": 0}
+    original = data_module.WindowSampler.sample
+
+    def sample_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    part = dataclasses.replace(cfg, out=str(tmp_path / "part"))
+    monkeypatch.setattr(data_module.WindowSampler, "sample", sample_then_sigterm)
+    rates.clear()
+    path = train_model(part, QUICK)
+    assert load_checkpoint(path)["step"] == 5
+    monkeypatch.setattr(data_module.WindowSampler, "sample", original)
+    path = train_model(dataclasses.replace(part, resume=True, final_steps=None, final_lr=None))
+    assert rates == [QUICK.lr] * 4 + [1e-4] * 2  # steps 1-5, then step 6 after the resume
+    a, b = _params(full), _params(path)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    from traffic_sim.cli_util import UserError
+
+    with pytest.raises(UserError, match="--final-lr must be positive"):
+        train_model(dataclasses.replace(cfg, out=str(tmp_path / "x"), final_lr=0.0), QUICK)
+
+
 def test_checkpoint_holds_plain_config_and_loads_weights_only(dataset_dir, tmp_path):
     path = train_model(TrainConfig(preset="tiny", dataset=str(dataset_dir), out=str(tmp_path / "m"),
                                    steps=2, quiet=True), QUICK)
