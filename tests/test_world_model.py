@@ -341,6 +341,19 @@ def _params(path):
     return load_checkpoint(path)["model"]
 
 
+def sigterm_at_sample(n: int, sample):
+    """``sample`` (a WindowSampler method) that sends this process SIGTERM on its n-th call."""
+    calls = {"n": 0}
+
+    def sample_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return sample(self)
+
+    return sample_then_sigterm
+
+
 def test_resume_gives_the_same_steps(dataset_dir, tmp_path):
     cfg = TrainConfig(preset="tiny", dataset=str(dataset_dir), precision="fp32", quiet=True, seed=5)
     full = train_model(dataclasses.replace(cfg, out=str(tmp_path / "full")), QUICK)
@@ -348,17 +361,9 @@ def test_resume_gives_the_same_steps(dataset_dir, tmp_path):
     # A run stopped by SIGTERM during step 2 (it finishes the step, saves and returns) ...
     from data import dataset as data_module
 
-    calls = {"n": 0}
     original = data_module.WindowSampler.sample
-
-    def sample_then_sigterm(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
     part = dataclasses.replace(cfg, out=str(tmp_path / "part"))
-    data_module.WindowSampler.sample = sample_then_sigterm
+    data_module.WindowSampler.sample = sigterm_at_sample(2, original)
     try:
         path = train_model(part, QUICK)
     finally:
@@ -407,17 +412,9 @@ def test_final_steps_take_the_lower_rate_and_resume_keeps_it(dataset_dir, tmp_pa
 
     from data import dataset as data_module
 
-    calls = {"n": 0}
     original = data_module.WindowSampler.sample
-
-    def sample_then_sigterm(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
     part = dataclasses.replace(cfg, out=str(tmp_path / "part"))
-    monkeypatch.setattr(data_module.WindowSampler, "sample", sample_then_sigterm)
+    monkeypatch.setattr(data_module.WindowSampler, "sample", sigterm_at_sample(5, original))
     rates.clear()
     path = train_model(part, QUICK)
     assert load_checkpoint(path)["step"] == 5

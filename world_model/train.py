@@ -18,8 +18,8 @@ see ``benchmarks/bench_model.py`` and the README):
 - ``tiny``: 0.1 M parameters, 4 + 4 frames, 1000 steps in about a minute; tests and CI.
 - ``default``: the model for policy learning on CPU: 64 features (1.3 M parameters, 1.8 M
   stochastic), 20 + 10 frames, batch 32; 2400 deterministic steps, the last 400 of them at
-  2e-4 instead of 5e-4 (0.58 s per step on 2 cores with the ego-motion warp: about 23 min;
-  see :func:`learning_rate`), then 2000 stochastic ones at a lower
+  2e-4 instead of 5e-4 (0.58 s per step on 2 cores with the ego-motion warp: 23.9 min
+  measured; see :func:`learning_rate`), then 2000 stochastic ones at a lower
   learning rate (2e-4) and without the gradient through the fed-back frames (at 5e-4 the
   warm-started model diverged after 1,055 steps, the gradient norm growing ~1000x per step
   through that loop once an update had overshot). Its width
