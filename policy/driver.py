@@ -20,6 +20,7 @@ from data.dataset import denormalise_actions, normalise_states
 
 POLICY_KIND = "ppuu-policy"
 BEST = "best.pt"  # in a training folder: the checkpoint that did best in validation
+ENSEMBLE = "+"  # joins policy checkpoints into one driver that takes their mean action
 
 
 class Driver:
@@ -114,6 +115,30 @@ def policy_driver(path, scene, device="cpu", name: Optional[str] = None) -> Driv
     return driver
 
 
+def ensemble_driver(paths, scene, device="cpu", name: Optional[str] = None) -> Driver:
+    """One driver whose action is the mean of the normalised actions of several policy
+    checkpoints (e.g. the seeds of one training), each given the same history. They must
+    have been trained on the same dataset (same normalisation) and see as many frames."""
+    from traffic_sim.cli_util import UserError
+
+    loaded = [load_policy(p, device) for p in paths]
+    first = loaded[0][1]
+    for path, (net, ckpt) in zip(paths[1:], loaded[1:]):
+        if net.config.n_cond != loaded[0][0].config.n_cond:
+            raise UserError(f"ensemble: {path} sees {net.config.n_cond} frames, "
+                            f"{paths[0]} {loaded[0][0].config.n_cond}")
+        if any(not np.allclose(np.asarray(ckpt["stats"][k]), np.asarray(v))
+               for k, v in first["stats"].items()):
+            raise UserError(f"ensemble: {path} and {paths[0]} were trained on different datasets")
+    nets = [net for net, _ in loaded]
+
+    def act(images, states, car_size):
+        return torch.stack([net(images, states) for net in nets]).mean(0)
+
+    return Driver(scene, act, first["stats"], nets[0].config.n_cond, device,
+                  name=name or ENSEMBLE.join(_label(Path(p)) for p in paths))
+
+
 def uncertainty_probe(model_path, policy_ckpt: dict, device="cpu"):
     """(images, states, actions, car_size) -> the uncertainty cost of one step, with the
     K and expert statistics the policy was trained with (or K = 10 and no normalisation:
@@ -155,15 +180,16 @@ def mpc_driver(scene, model_path=None, device="cpu", config=None) -> Driver:
     return Driver(scene, mpc.act, ckpt["stats"], model.config.n_cond, device, name="mpc")
 
 
-def is_learned_policy(name: str) -> bool:
-    """True for ``mpc`` and for an existing policy checkpoint (file or training folder)."""
-    return name == "mpc" or Path(name).exists()
+def _label(path: Path) -> str:
+    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "checkpoint") else path.stem)
 
 
 def make_driver(name: str, scene, device="cpu", model_path=None) -> Driver:
-    """The driver for ``name``: ``mpc`` or a policy checkpoint path."""
+    """The driver for ``name``: ``mpc``, a policy checkpoint path, or several joined by ``+``
+    (their mean action)."""
     if name == "mpc":
         return mpc_driver(scene, model_path, device)
+    if ENSEMBLE in name and not Path(name).exists():
+        return ensemble_driver(name.split(ENSEMBLE), scene, device)
     path = Path(name)
-    label = path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "checkpoint") else path.stem)
-    return policy_driver(path, scene, device, name=label)
+    return policy_driver(path, scene, device, name=_label(path))

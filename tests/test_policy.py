@@ -937,6 +937,46 @@ def test_evaluate_seeds_expands_a_pattern_and_adds_the_mean(trained, tmp_path, m
     assert "mean of 2" in table
 
 
+def test_ensemble_drives_with_the_mean_action_of_its_members(trained, tmp_path):
+    """``a+b`` is one driver whose action is the mean of a's and b's on the same history;
+    members trained on another dataset are refused with a clear error."""
+    from policy.driver import make_driver
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.cli_util import UserError
+    from traffic_sim.evaluate import EvaluateConfig, evaluate_command
+    from traffic_sim.loading import load_scene
+    from traffic_sim.sim import ReplaySimulator
+
+    paths = []
+    for seed in (1, 2):
+        paths.append(str(tmp_path / f"il-s{seed}"))
+        train_policy(TrainPolicyConfig(method="il", preset="tiny", steps=3, seed=seed, quiet=True, val_episodes=0,
+                                       dataset=str(trained["dataset"]), out=paths[-1]))
+    scene = load_scene(trained["traffic"])
+    sim = ReplaySimulator(scene)
+    tracks = scene.episodes["all"][:4]
+    drivers = [make_driver(p, scene) for p in paths] + [make_driver("+".join(paths), scene)]
+    assert drivers[2].name == "il-s1+il-s2"
+    cars = sim.start(tracks)
+    obs = sim.observe(cars)
+    for d in drivers:
+        d.reset(cars.track)
+    actions = [d(obs, cars.state_vector(), cars) for d in drivers]
+    assert not np.allclose(actions[0], actions[1])  # the members differ
+    np.testing.assert_allclose(actions[2], (actions[0] + actions[1]) / 2, atol=1e-5)
+
+    out = tmp_path / "e.csv"
+    evaluate_command(EvaluateConfig(policy="+".join(paths), trajectories=str(trained["traffic"]),
+                                    split="val", episodes=2, out=str(out)))
+    assert "il-s1+il-s2" in out.read_text()
+
+    ckpt = torch.load(Path(paths[1]) / "best.pt", weights_only=True)
+    ckpt["stats"] = {k: (np.asarray(v) * 2).tolist() for k, v in ckpt["stats"].items()}
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="different datasets"):
+        make_driver(f"{paths[0]}+{tmp_path / 'other.pt'}", scene)
+
+
 def test_mpur_on_a_deterministic_model_when_asked_for(trained, tmp_path):
     from policy.driver import load_policy
     from policy.train import TrainPolicyConfig, train_policy

@@ -108,7 +108,9 @@ class EvaluateConfig:
     policy: str = doc("policies to evaluate, comma-separated: human, no-action, follow (car "
                       "following with the true gaps, a privileged reference), follow-merge (the "
                       "same, merging out of a lane that ends), mpc (planning "
-                      "with the forward model) or a policy checkpoint (file or train-policy folder)",
+                      "with the forward model), a policy checkpoint (file or train-policy folder), or "
+                      "checkpoints joined by + (one driver taking their mean action, e.g. the seeds "
+                      "of one training)",
                       "human,no-action")
     split: str = doc("episode split: train, val, test or all", "test")
     episodes: Optional[int] = doc("evaluate a random subset of N episodes of the split", None)
@@ -148,7 +150,7 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     for name in names:
         if name not in BUILTIN_POLICIES and name not in policies and not _learned(name):
             raise UserError(f"unknown policy {name!r}: choose from {', '.join(BUILTIN_POLICIES)}, "
-                            "mpc or the path of a policy checkpoint")
+                            "mpc, the path of a policy checkpoint, or several joined by + (their mean action)")
     if not names:
         raise UserError("--policy names no policy")
     if cfg.episodes is not None and cfg.episodes < 1:
@@ -189,8 +191,9 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
 
 
 def _learned(name: str) -> bool:
-    """mpc or a policy checkpoint: needs the learning packages (torch)."""
-    if name != "mpc" and not Path(name).exists():
+    """mpc, a policy checkpoint or checkpoints joined by ``+`` (an ensemble): needs the
+    learning packages (torch)."""
+    if name != "mpc" and not all(Path(p).exists() for p in name.split("+")):
         return False
     try:
         import torch  # noqa: F401

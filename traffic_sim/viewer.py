@@ -775,8 +775,8 @@ class EnvRenderer:
 class WatchConfig:
     """Watch a car drive in replayed traffic (pygame window, or --record to a file)."""
 
-    policy: str = doc("driver of the blue car: human, no-action, follow, follow-merge, mpc or a policy checkpoint "
-                      "(file or train-policy folder)", "human")
+    policy: str = doc("driver of the blue car: human, no-action, follow, follow-merge, mpc, a policy checkpoint "
+                      "(file or train-policy folder) or checkpoints joined by + (their mean action)", "human")
     split: str = doc("episode split: train, val, test or all", "test")
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
     location: Optional[str] = doc("location, for files that do not say it (i-80, us-101)", None)
@@ -805,8 +805,8 @@ def watch_command(cfg: WatchConfig) -> str:
     from .evaluate import _learned
 
     if cfg.policy not in BUILTIN_POLICIES and not _learned(cfg.policy):
-        raise UserError(f"unknown policy {cfg.policy!r}: choose {', '.join(BUILTIN_POLICIES)}, mpc or the "
-                        "path of a policy checkpoint")
+        raise UserError(f"unknown policy {cfg.policy!r}: choose {', '.join(BUILTIN_POLICIES)}, mpc, the "
+                        "path of a policy checkpoint or several joined by +")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
     if cfg.episodes is not None and cfg.episodes < 1:
