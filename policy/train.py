@@ -70,6 +70,7 @@ class SeparatedSettings:
     action_bound: Optional[float] = None  # the policy's soft action bound (None: the preset's)
     brake_bound: Optional[float] = None  # its soft bound of braking (None: the action bound)
     lr_decay: bool = False  # see PolicyPreset.lr_decay
+    prox_reach: Optional[float] = None  # [m] see PolicyPreset.prox_reach (None: the preset's)
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,19 @@ PRESETS = {
     "tiny": PolicyPreset(policy=PolicyConfig(n_cond=4, n_feature=16, n_hidden=64), horizon=4,
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
                          u_stats_batches=2, u_stride=2, log_every=10, val_every=20, val_episodes=6,
-                         separated=SeparatedSettings(horizon=4, start_noise=(1.0, 0.3, 1.0), brake_bound=6.0)),
+                         separated=SeparatedSettings(horizon=4, start_noise=(1.0, 0.3, 1.0), brake_bound=6.0,
+                                                     prox_reach=2.75)),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
                             batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
                             val_every=200, val_episodes=100,
                             separated=SeparatedSettings(horizon=40, steps=1000, start_noise=(4.0, 0.6, 2.0),
-                                                        brake_bound=8.0)),
+                                                        brake_bound=8.0, prox_reach=2.75)),
     "paper": PolicyPreset(policy=PolicyConfig(n_feature=64, n_hidden=256), horizon=30,
                           batch_size=6, steps=100_000, lr=1e-4, grad_clip=50.0, k_dropout=10,
                           weights=CostWeights(uncertainty=0.5), u_stats_batches=32,
                           log_every=100, val_every=5000, val_episodes=200,
-                          separated=SeparatedSettings(horizon=40, start_noise=(4.0, 0.6, 2.0), brake_bound=8.0)),
+                          separated=SeparatedSettings(horizon=40, start_noise=(4.0, 0.6, 2.0), brake_bound=8.0,
+                                                      prox_reach=2.75)),
 }
 
 
@@ -186,7 +189,8 @@ class TrainPolicyConfig:
         "it by its kinematics; mpur's uncertainty cost is then the model's about the car's own path "
         "(one-step dropout predictions from what the car saw, every 8th step). It also sets the preset's separated "
         "settings (default preset: one state, horizon 40, gradient clip 1, starts displaced by up to 4 m "
-        "along, 0.6 m across and 2 m/s, braking bound 8, 1,000 steps), which the options below still "
+        "along, 0.6 m across and 2 m/s, braking bound 8, the proximity mask reaching three quarters of a lane "
+        "sideways, 1,000 steps), which the options below still "
         "override (default: off)", None)
     world: Optional[str] = doc(
         "with --separate-ego, the traffic the car drives among: 'model' (predicted by the forward "
@@ -208,9 +212,10 @@ class TrainPolicyConfig:
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
     prox_reach: Optional[float] = doc(
-        "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: the "
-        "preset's, a lane, 3.66 m, as the method says: vehicles in the next lanes count; about half a lane "
-        "(1.83-1.85) counts only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
+        "how far beyond half the car's width the proximity cost's mask reaches sideways [m] (default: a "
+        "lane, 3.66 m, as the method says: vehicles in the next lanes count; with --separate-ego the "
+        "preset's separated setting, three quarters of a lane, 2.75 m; about half a lane (1.83-1.85) counts "
+        "only those in the car's own lane, so that the vehicle ahead sets the cost)", None)
     offroad_ahead: Optional[float] = doc(
         "the off-road cost also looks ahead, this many seconds at the car's speed plus 10 m, at the share of "
         "its lane's width where the road ends, so that an on-ramp's end costs before the car reaches it and "
@@ -258,6 +263,7 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
     s = preset.separated
     return dataclasses.replace(preset, separate_ego=True, horizon=s.horizon, grad_clip=s.grad_clip,
                                start_noise=tuple(s.start_noise), rear_weight=s.rear_weight, lr_decay=s.lr_decay,
+                               prox_reach=s.prox_reach if s.prox_reach is not None else preset.prox_reach,
                                steps=s.steps if s.steps is not None else preset.steps,
                                policy=dataclasses.replace(preset.policy, n_states=s.n_states,
                                                           action_bound=s.action_bound or preset.policy.action_bound,

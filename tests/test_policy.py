@@ -1057,7 +1057,7 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     import csv
 
     from policy.driver import load_policy
-    from policy.train import TrainPolicyConfig, train_policy
+    from policy.train import PRESETS, TrainPolicyConfig, train_policy, with_separated
     from traffic_sim.cli_util import UserError
 
     common = dict(preset="tiny", quiet=True, val_episodes=0, separate_ego=True)
@@ -1100,6 +1100,8 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     preset = ckpt["preset"]
     assert (preset["policy"]["n_states"], preset["grad_clip"], preset["horizon"]) == (1, 1.0, 4)
     assert tuple(preset["start_noise"]) == (1.0, 0.3, 1.0) and preset["policy"]["brake_bound"] == 6.0
+    assert preset["prox_reach"] == 2.75  # three quarters of a lane; without --separate-ego the method's lane
+    assert PRESETS["default"].prox_reach is None and with_separated(PRESETS["default"]).prox_reach == 2.75
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
                                          horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, brake_bound=7.0, lr_decay=True,
                                          out=str(tmp_path / "r"), **common))
