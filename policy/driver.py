@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from data.dataset import denormalise_actions, normalise_states
+from traffic_sim.evaluate import ENSEMBLE
 
 POLICY_KIND = "ppuu-policy"
 BEST = "best.pt"  # in a training folder: the checkpoint that did best in validation
-ENSEMBLE = "+"  # joins policy checkpoints into one driver that takes their mean action
 
 
 class Driver:

@@ -16,6 +16,7 @@ from .paths import artifacts_dir, atomic_output
 from .scene import DT, SPLITS, Scene
 from .sim import BUILTIN_POLICIES, HIT_KINDS, ReplaySimulator, builtin_actions
 
+ENSEMBLE = "+"  # joins policy checkpoints into one driver taking their mean action (policy.driver)
 CSV_COLUMNS = ("policy", "episodes", "success_rate", "collision_rate", "offroad_rate",
                "mean_distance_m", "mean_time_s")
 
@@ -193,7 +194,7 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
 def _learned(name: str) -> bool:
     """mpc, a policy checkpoint or checkpoints joined by ``+`` (an ensemble): needs the
     learning packages (torch)."""
-    if name != "mpc" and not all(Path(p).exists() for p in name.split("+")):
+    if name != "mpc" and not all(Path(p).exists() for p in name.split(ENSEMBLE)):
         return False
     try:
         import torch  # noqa: F401
