@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from data.dataset import denormalise_actions, normalise_states
-from traffic_sim.evaluate import ENSEMBLE
+from traffic_sim.evaluate import ENSEMBLE, ensemble_members
 
 POLICY_KIND = "ppuu-policy"
 BEST = "best.pt"  # in a training folder: the checkpoint that did best in validation
@@ -189,7 +189,8 @@ def make_driver(name: str, scene, device="cpu", model_path=None) -> Driver:
     (their mean action)."""
     if name == "mpc":
         return mpc_driver(scene, model_path, device)
-    if ENSEMBLE in name and not Path(name).exists():
-        return ensemble_driver(name.split(ENSEMBLE), scene, device)
+    members = ensemble_members(name)
+    if len(members) > 1:
+        return ensemble_driver(members, scene, device)
     path = Path(name)
     return policy_driver(path, scene, device, name=_label(path))

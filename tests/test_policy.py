@@ -940,6 +940,8 @@ def test_evaluate_seeds_expands_a_pattern_and_adds_the_mean(trained, tmp_path, m
 def test_ensemble_drives_with_the_mean_action_of_its_members(trained, tmp_path):
     """``a+b`` is one driver whose action is the mean of a's and b's on the same history;
     members trained on another dataset are refused with a clear error."""
+    import shutil
+
     from policy.driver import make_driver
     from policy.train import TrainPolicyConfig, train_policy
     from traffic_sim.cli_util import UserError
@@ -965,7 +967,12 @@ def test_ensemble_drives_with_the_mean_action_of_its_members(trained, tmp_path):
     assert not np.allclose(actions[0], actions[1])  # the members differ
     np.testing.assert_allclose(actions[2], (actions[0] + actions[1]) / 2, atol=1e-5)
 
+    joined = tmp_path / "a+b"  # an existing path with a + in its name is one checkpoint
+    shutil.copytree(paths[0], joined)
+    assert make_driver(str(joined), scene).name == "a+b"
     out = tmp_path / "e.csv"
+    evaluate_command(EvaluateConfig(policy=str(joined), trajectories=str(trained["traffic"]),
+                                    split="val", episodes=2, out=str(tmp_path / "one.csv")))
     evaluate_command(EvaluateConfig(policy="+".join(paths), trajectories=str(trained["traffic"]),
                                     split="val", episodes=2, out=str(out)))
     assert "il-s1+il-s2" in out.read_text()

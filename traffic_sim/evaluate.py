@@ -191,10 +191,16 @@ def evaluate_command(cfg: EvaluateConfig, policies: Optional[dict[str, Callable]
     return format_table(rows), out
 
 
+def ensemble_members(name: str) -> list[str]:
+    """The checkpoint paths a policy name stands for: itself, or, if it is no existing path,
+    the paths it joins by ``+``."""
+    return [name] if ENSEMBLE not in name or Path(name).exists() else name.split(ENSEMBLE)
+
+
 def _learned(name: str) -> bool:
     """mpc, a policy checkpoint or checkpoints joined by ``+`` (an ensemble): needs the
     learning packages (torch)."""
-    if name != "mpc" and not all(Path(p).exists() for p in name.split(ENSEMBLE)):
+    if name != "mpc" and not all(Path(p).exists() for p in ensemble_members(name)):
         return False
     try:
         import torch  # noqa: F401
