@@ -168,6 +168,40 @@ def test_idm_known_answers():
     assert idm_acceleration(v, 100.0, v) > 0.0  # far behind: speed up
 
 
+def test_idm_parameters_set_the_equilibrium_gap():
+    from traffic_sim.follow import IDM, idm_acceleration
+
+    idm = IDM(headway=0.5, acc_max=1.0, gap_min=2.0, speed_desired=20.0)
+    v = 10.0  # 2 m + 10 m/s x 0.5 s = 7 m: only the free-road term, -1 x (10 / 20)^4
+    assert idm_acceleration(v, 7.0, v, idm) == pytest.approx(-1.0 / 16)
+    assert idm_acceleration(0.0, np.inf, 0.0, idm) == pytest.approx(1.0)
+    assert idm_acceleration(v, 11.0, v) < 0.0 < idm_acceleration(v, 11.0, v, idm)  # default wants 11.5 m
+
+
+def test_a_driver_without_images_drives_through_run_episodes(small_scene):
+    """A callable with ``observes = False`` gets no images and drives as the simulator's own
+    ``follow`` does, episode for episode."""
+    from traffic_sim.evaluate import run_episodes
+    from traffic_sim.follow import follow_actions
+
+    sc = small_scene
+    sim = ReplaySimulator(sc)
+    seen = []
+
+    class Privileged:
+        observes = False
+
+        def __call__(self, obs, states, cars):
+            seen.append(obs)
+            return follow_actions(sim, cars)
+
+    tracks = sc.episodes["all"][:20]
+    mine, ref = run_episodes(sc, tracks, Privileged()), run_episodes(sc, tracks, "follow")
+    assert seen and all(o is None for o in seen)
+    for key in ("success", "collision", "hit", "distance"):
+        np.testing.assert_array_equal(mine[key], ref[key])
+
+
 def test_follow_drives_where_no_action_crashes(small_scene):
     sc = small_scene
     sim = ReplaySimulator(sc)

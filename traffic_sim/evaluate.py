@@ -26,7 +26,9 @@ def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None)
     arrays. ``policy`` is "human", "no-action" or a callable
     ``policy(obs_images, states, cars) -> (N, 2) actions`` taking the (N, 3, 117, 24) state
     images, the (N, 4) states (x, y, vx, vy) and the :class:`~traffic_sim.sim.Cars` (the
-    convention of the viewer); its ``reset(tracks)``, if any, is called at each batch's start."""
+    convention of the viewer); its ``reset(tracks)``, if any, is called at each batch's start.
+    A callable whose ``observes`` attribute is False is given no images (None), which are
+    then not rendered: a privileged driver that reads the simulator instead."""
     sim = ReplaySimulator(scene)
     tracks = np.asarray(tracks, dtype=np.int64)
     out = {k: [] for k in ("track", "success", "collision", "off_road", "truncated", "distance",
@@ -34,15 +36,16 @@ def run_episodes(scene: Scene, tracks, policy, batch: int = 1024, progress=None)
     for lo in range(0, len(tracks), batch):
         cars = sim.start(tracks[lo:lo + batch])
         learned = not isinstance(policy, str)
+        observes = learned and getattr(policy, "observes", True)
         if learned and hasattr(policy, "reset"):
             policy.reset(cars.track.copy())
-        obs = sim.observe(cars) if learned else None
+        obs = sim.observe(cars) if observes else None
         while not cars.done.all():
             if learned:
                 actions = np.asarray(policy(obs, cars.state_vector(), cars), dtype=float)
             else:
                 actions = builtin_actions(sim, cars, policy)
-            obs = sim.step(cars, actions, observe=learned)
+            obs = sim.step(cars, actions, observe=observes)
         for key, value in (("track", cars.track), ("success", cars.success),
                            ("collision", cars.collision), ("off_road", cars.off_road),
                            ("truncated", cars.truncated), ("distance", cars.distance),

@@ -17,6 +17,7 @@ rule, as the lane-changing models of traffic simulation have one).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -40,15 +41,27 @@ MERGE_HEADWAY = 0.5  # [s] accepted time gap to the vehicle ahead in the lane it
 MERGE_CLOSING_TIME = 1.5  # [s] extra gap from the one behind per m/s it is faster
 
 
-def idm_acceleration(speed, gap, leader_speed):
+@dataclass(frozen=True)
+class IDM:
+    """The Intelligent Driver Model's parameters (defaults: the module's constants)."""
+
+    acc_max: float = ACC_MAX  # [m/s^2]
+    decel_comfort: float = DECEL_COMFORT  # [m/s^2]
+    gap_min: float = GAP_MIN  # [m]
+    headway: float = HEADWAY  # [s]
+    speed_desired: float = SPEED_DESIRED  # [m/s]
+
+
+def idm_acceleration(speed, gap, leader_speed, idm: IDM = IDM()):
     """IDM acceleration [m/s^2] at ``speed`` [m/s] behind a leader ``gap`` metres ahead
     (bumper to bumper; ``inf`` for none) driving at ``leader_speed`` [m/s]. Arrays broadcast."""
     speed = np.asarray(speed, dtype=float)
     closing = speed - np.asarray(leader_speed, dtype=float)
-    wanted = GAP_MIN + np.maximum(speed * HEADWAY + speed * closing / (2 * np.sqrt(ACC_MAX * DECEL_COMFORT)), 0.0)
+    wanted = idm.gap_min + np.maximum(
+        speed * idm.headway + speed * closing / (2 * np.sqrt(idm.acc_max * idm.decel_comfort)), 0.0)
     with np.errstate(divide="ignore"):
         interaction = np.where(np.isfinite(gap), (wanted / np.maximum(gap, 0.1)) ** 2, 0.0)
-    return ACC_MAX * (1.0 - (speed / SPEED_DESIRED) ** 4 - interaction)
+    return idm.acc_max * (1.0 - (speed / idm.speed_desired) ** 4 - interaction)
 
 
 def _speeds(sc, rows, frame):
@@ -78,10 +91,10 @@ def merge_targets(road) -> dict:
     return out
 
 
-def follow_actions(sim, cars, merge: bool = False) -> np.ndarray:
+def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM()) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
     in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
-    out of a lane that ends (``follow-merge``)."""
+    out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
@@ -96,7 +109,7 @@ def follow_actions(sim, cars, merge: bool = False) -> np.ndarray:
     gap = gaps[np.arange(len(lead)), lead]
     speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
     leader_speed = np.where(np.isfinite(gap), speeds[np.arange(len(lead)), lead], cars.v)
-    acc = np.clip(idm_acceleration(cars.v, gap, leader_speed), *ACC_LIMITS)
+    acc = np.clip(idm_acceleration(cars.v, gap, leader_speed, idm), *ACC_LIMITS)
 
     lane = sc.road.lane_at(cars.center_x, cars.center_y)  # 0: off the road
     centre = np.zeros(max(ln.lane_id for ln in sc.road.lanes) + 1)  # [m] by lane id
@@ -127,7 +140,7 @@ def follow_actions(sim, cars, merge: bool = False) -> np.ndarray:
             # it waits behind a standing obstacle short of the end, and creeps to the end itself
             # while it merges
             stop_gap = np.where(go, to_end, to_end - STOP_MARGIN)
-            acc = np.where(mine, np.minimum(acc, np.clip(idm_acceleration(cars.v, np.maximum(stop_gap, 0.0), 0.0),
+            acc = np.where(mine, np.minimum(acc, np.clip(idm_acceleration(cars.v, np.maximum(stop_gap, 0.0), 0.0, idm),
                                                          *ACC_LIMITS)), acc)
             target = np.where(go, into.center, target)
             heading_max = np.where(go, MERGE_HEADING_MAX, heading_max)
