@@ -5,7 +5,8 @@ default traffic and dataset, the deterministic and stochastic forward models, on
 method and seed (the paper's methods, and ``mpur-sep`` / ``svg-sep`` / ``vg-sep``: the same
 with the world separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
 loop on the evaluation split together with the human, no-action and car-following
-(``follow``, and ``follow-merge`` which also merges from the on-ramp) references, and writes
+(``follow``; ``follow-merge``, which also merges from the on-ramp; ``follow-evade``, which
+also evades) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
 - ``summary.csv`` and ``report.md``: mean and standard deviation over seeds per method, and
@@ -150,7 +151,7 @@ def report_command(cfg: ReportConfig) -> str:
             tracks = tracks[np.sort(pick)]
         rows = []
         # the references: recorded, none, car following (and merging) with the true gaps
-        for name in ("human", "no-action", "follow", "follow-merge"):
+        for name in ("human", "no-action", "follow", "follow-merge", "follow-evade"):
             rows.append({"method": name, "seed": "", **summarise(name, run_episodes(scene, tracks, name))})
         for (method, seed), folder in trained.items():
             driver = policy_driver(folder, scene, name=f"{method}-seed{seed}")

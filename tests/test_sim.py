@@ -217,36 +217,81 @@ def test_follow_drives_where_no_action_crashes(small_scene):
     assert out["follow"].success.mean() > 0.6 > out["no-action"].success.mean()
 
 
-def _ramp_scene(platoon: bool):
-    """The synthetic I-80 road: one car coming down the on-ramp (lane 7) at 10 m/s, recorded
-    merging into lane 6 before the ramp's end, and with ``platoon`` a closed column of vehicles
-    in lane 6 beside it (3.5 m gaps at 10 m/s) for the first 20 s."""
+def _tracks_scene(specs):
+    """A scene on the synthetic I-80 road from hand-made tracks at constant speed along the
+    road: ``specs`` of (track id, lateral position [m] of y, y [m] at frame 1, speed [m/s],
+    frames, lane of y)."""
     import pandas as pd
 
     from traffic_sim.ngsim import COLUMNS, DTYPES
-    from traffic_sim.roads import LANE_WIDTH
+    from traffic_sim.scene import Scene
 
     rows = []
-
-    def track(tid, x_of_y, y0, v, frames, lane_of_y):
+    for tid, x_of_y, y0, v, frames, lane_of_y in specs:
         for f in range(frames):
             y = y0 + v * f * DT
             rows.append(dict(vehicle_id=tid + 1, frame=f + 1, total_frames=frames, global_time=100 * f,
                              x=x_of_y(y), y=y, global_x=0.0, global_y=0.0, length=4.5, width=1.8, v_class=2,
                              speed=v, acc=0.0, lane=lane_of_y(y), preceding=0, following=0,
                              space_headway=0.0, time_headway=0.0, location="synthetic-i80", track_id=tid))
-
-    ramp, lane6 = 6.5 * LANE_WIDTH, 5.5 * LANE_WIDTH
-    track(0, lambda y: float(np.interp(y, [200.0, 230.0], [ramp, lane6])), 140.0, 10.0, 450,
-          lambda y: 7 if y < 215.0 else 6)
-    if platoon:
-        for k in range(60):  # front to back along lane 6, 8 m apart, through the ramp's end for 20 s
-            track(1 + k, lambda y: lane6, 260.0 - 8.0 * k, 10.0, 200, lambda y: 6)
     df = pd.DataFrame(rows, columns=list(COLUMNS)).astype({k: v for k, v in DTYPES.items() if k != "location"})
     df["location"] = df["location"].astype("category")
-    from traffic_sim.scene import Scene
-
     return Scene.from_table(df)
+
+
+def _ramp_scene(platoon: bool):
+    """The synthetic I-80 road: one car coming down the on-ramp (lane 7) at 10 m/s, recorded
+    merging into lane 6 before the ramp's end, and with ``platoon`` a closed column of vehicles
+    in lane 6 beside it (3.5 m gaps at 10 m/s) for the first 20 s."""
+    from traffic_sim.roads import LANE_WIDTH
+
+    ramp, lane6 = 6.5 * LANE_WIDTH, 5.5 * LANE_WIDTH
+    specs = [(0, lambda y: float(np.interp(y, [200.0, 230.0], [ramp, lane6])), 140.0, 10.0, 450,
+              lambda y: 7 if y < 215.0 else 6)]
+    if platoon:  # front to back along lane 6, 8 m apart, through the ramp's end for 20 s
+        specs += [(1 + k, lambda y: lane6, 260.0 - 8.0 * k, 10.0, 200, lambda y: 6) for k in range(60)]
+    return _tracks_scene(specs)
+
+
+@pytest.mark.parametrize("speed, evades", [(14.0, True), (10.0, False)])
+def test_follow_evade_speeds_away_from_a_vehicle_closing_in_from_behind(speed, evades):
+    """The car at 10 m/s in lane 3, a vehicle behind it 6 m from its rear: at 14 m/s it would
+    reach the car in 1.5 s (< 2 s), and the car accelerates at the limit; at the car's own
+    speed it never would, and car following is left as it is."""
+    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, evasive_acceleration, follow_actions
+    from traffic_sim.roads import LANE_WIDTH
+
+    lane3, start = 2.5 * LANE_WIDTH, 19  # the car takes over at the last of its 20 frames of history
+    at = 150.0  # [m] the car's front at the takeover
+    sc = _tracks_scene([(0, lambda y: lane3, at - 10.0 * start * DT, 10.0, 200, lambda y: 3),
+                        (1, lambda y: lane3, at - 4.5 - 6.0 - speed * start * DT, speed, 200, lambda y: 3)])
+    sim = ReplaySimulator(sc)
+    cars = sim.start([0])
+    assert cars.y[0] == pytest.approx(at)
+    following = follow_actions(sim, cars, merge=True, idm=EVADE_IDM)[:, 0]
+    evading = evasive_acceleration(sim, cars, following)
+    assert following[0] < 1.0  # free road ahead at 10 m/s: IDM with a max. of 1 m/s^2
+    assert evading[0] == (ACC_LIMITS[1] if evades else following[0])
+    np.testing.assert_array_equal(builtin_actions(sim, cars, "follow-evade")[:, 0], evading)
+
+
+@pytest.mark.parametrize("ahead, expect", [(2.0, "brake"), (-2.0, "accelerate")])
+def test_follow_evade_makes_way_for_a_vehicle_moving_in_from_the_side(ahead, expect):
+    """A vehicle in lane 4 alongside the car in lane 3 (its centre ``ahead`` metres further
+    along), drifting towards it at 1 m/s, 0.7 m from it: it would touch the car within 1.5 s.
+    Ahead of the car's centre, the car brakes; behind it, the car speeds up."""
+    from traffic_sim.follow import ACC_LIMITS, evasive_acceleration
+    from traffic_sim.roads import LANE_WIDTH
+
+    lane3, start, at, v = 2.5 * LANE_WIDTH, 19, 150.0, 10.0
+    x_at = lane3 + 1.8 + 0.7  # [m] its centre beside the car's, 0.7 m between their sides
+    sc = _tracks_scene([(0, lambda y: lane3, at - v * start * DT, v, 200, lambda y: 3),
+                        (1, lambda y: x_at - (y - at - ahead) / v, at + ahead - v * start * DT, v, 200,
+                         lambda y: 4)])
+    sim = ReplaySimulator(sc)
+    cars = sim.start([0])
+    evading = evasive_acceleration(sim, cars, np.zeros(1))
+    assert evading[0] == (0.5 * ACC_LIMITS[0] if expect == "brake" else ACC_LIMITS[1])
 
 
 @pytest.mark.parametrize("platoon", [False, True])

@@ -13,6 +13,12 @@ on-ramp, :meth:`~traffic_sim.roads.Road.to_lane_end`): it stops short of the lan
 behind a standing obstacle there, and steers into the lane beside that goes on as soon as
 the true gaps to the vehicles ahead and behind in that lane are accepted (a gap acceptance
 rule, as the lane-changing models of traffic simulation have one).
+
+``--policy follow-evade`` is ``follow-merge`` with a shorter headway and gentler acceleration
+(:data:`EVADE_IDM`) that also evades what car following ignores, with the true positions and
+speeds (:func:`evasive_acceleration`): a vehicle closing in from behind in its lane, and one
+alongside moving sideways into it. Of the settings of
+``benchmarks/probe_follow_ceiling.py``, it did best on the validation split.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ STOP_MARGIN = 10.0  # [m] where it waits before the end of a lane that ends (the
 MERGE_HEADING_MAX = 0.35  # wanted heading's bound while it merges (lateral unit component)
 MERGE_HEADWAY = 0.5  # [s] accepted time gap to the vehicle ahead in the lane it merges into, and from the one behind
 MERGE_CLOSING_TIME = 1.5  # [s] extra gap from the one behind per m/s it is faster
+# follow-evade
+EVADE_REAR_TIME = 2.0  # [s] it accelerates when a vehicle behind in its lane would reach it this soon
+EVADE_SIDE_TIME = 1.5  # [s] it reacts to a vehicle alongside that would touch it this soon
+ALONGSIDE = 3.0  # [m] beyond overlapping it along the road, a vehicle still counts as alongside
+EVADE_FREE = -1.0  # [m/s^2] it accelerates to evade only when car following commands more than this
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,9 @@ def idm_acceleration(speed, gap, leader_speed, idm: IDM = IDM()):
     with np.errstate(divide="ignore"):
         interaction = np.where(np.isfinite(gap), (wanted / np.maximum(gap, 0.1)) ** 2, 0.0)
     return idm.acc_max * (1.0 - (speed / idm.speed_desired) ** 4 - interaction)
+
+
+EVADE_IDM = IDM(headway=0.5, acc_max=1.0)  # follow-evade's car following
 
 
 def _speeds(sc, rows, frame):
@@ -91,10 +105,11 @@ def merge_targets(road) -> dict:
     return out
 
 
-def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM()) -> np.ndarray:
+def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(), evade: bool = False) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
     in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
-    out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters."""
+    out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters;
+    ``evade``: its acceleration also evades (:func:`evasive_acceleration`)."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
@@ -146,4 +161,49 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM()) -> np.ndarr
             heading_max = np.where(go, MERGE_HEADING_MAX, heading_max)
     heading = np.clip(HEADING_GAIN * (target - cars.center_x), -heading_max, heading_max)
     steer = STEER_GAIN * (heading - cars.ux) / (np.maximum(cars.v, 1.0) * DT)
+    if evade:
+        acc = evasive_acceleration(sim, cars, acc)
     return np.stack([acc, steer], axis=1)
+
+
+def evasive_acceleration(sim, cars, acc, rear_time: float = EVADE_REAR_TIME,
+                         side_time: float = EVADE_SIDE_TIME) -> np.ndarray:
+    """The car-following acceleration ``acc`` (N,) [m/s^2] changed to evade, with the true
+    positions and speeds:
+
+    - a vehicle behind in the car's lane that would reach it within ``rear_time`` seconds at
+      the present speeds: accelerate at the limit, unless braking (below ``EVADE_FREE``) for
+      the vehicle ahead;
+    - a vehicle alongside (within ``ALONGSIDE`` of overlapping it along the road) moving
+      sideways towards the car that would touch it within ``side_time`` seconds: if that
+      vehicle's centre is ahead of the car's, brake at half the limit; if behind, accelerate
+      as above."""
+    sc = sim.scene
+    acc = np.asarray(acc, dtype=float)
+    frame = np.minimum(cars.frame, sc.n_frames - 1)
+    rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
+    if rows.shape[1] == 0:
+        return acc
+    speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
+    other_cx = sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]
+    other_cy = sc.y[rows] - 0.5 * sc.length[rows] * sc.uy[rows]
+    dx = cars.center_x[:, None] - other_cx  # [m] the car's centre from theirs, across the road
+    overlap = 0.5 * (sc.width[rows] + cars.width[:, None]) - np.abs(dx)
+    free = acc > EVADE_FREE
+    # from behind, in its lane
+    behind = valid & (overlap > LANE_MARGIN) & (other_cy < cars.center_y[:, None])
+    gap = (cars.y - cars.length * cars.uy)[:, None] - sc.y[rows]  # [m] its rear to their front
+    closing = speeds - cars.v[:, None]
+    with np.errstate(divide="ignore"):
+        reach = np.where(behind & (closing > 0), gap / np.maximum(closing, 1e-3), np.inf).min(1)
+    out = np.where((reach < rear_time) & free, np.maximum(acc, ACC_LIMITS[1]), acc)
+    # from the side
+    along = other_cy - cars.center_y[:, None]
+    near = valid & (overlap <= LANE_MARGIN) & (np.abs(along) < 0.5 * (sc.length[rows] + cars.length[:, None])
+                                               + ALONGSIDE)
+    towards = np.sign(dx) * speeds * sc.ux[rows]  # [m/s] their sideways speed towards the car
+    side_gap = np.abs(dx) - 0.5 * (sc.width[rows] + cars.width[:, None])
+    threat = near & (towards > 0.1) & (side_gap < side_time * towards)
+    from_ahead, from_behind = (threat & (along >= 0)).any(1), (threat & (along < 0)).any(1)
+    out = np.where(from_behind & ~from_ahead & free, np.maximum(out, ACC_LIMITS[1]), out)
+    return np.where(from_ahead, 0.5 * ACC_LIMITS[0], out)
