@@ -79,9 +79,9 @@ def collect(scene, tracks, net, stats, teacher: str, teacher_drives: bool):
     frames, states, labels = [driver.images], [driver.states], []
     while not cars.done.all():
         student = driver(obs, cars.state_vector(), cars)
-        if len(labels):  # the driver appended what the cars see now
-            frames.append(driver.images[:, -1:])
-            states.append(driver.states[:, -1:])
+        if len(labels):  # the driver appended what the cars see now (a copy: not a view that
+            frames.append(driver.images[:, -1:].clone())  # would keep all 20 frames alive)
+            states.append(driver.states[:, -1:].clone())
         expert = builtin_actions(sim, cars, teacher)
         labels.append(torch.from_numpy(normalise_actions(expert.astype(np.float32), stats)))
         obs = sim.step(cars, expert if teacher_drives else student, observe=True)

@@ -1245,3 +1245,62 @@ def test_queues_mask_marks_the_frames_before_the_recorded_car_slows_within_its_e
     expected = np.zeros(len(states), dtype=bool)
     expected[80 - QUEUE_WITHIN:80] = True  # the frames whose next 40 include one at 5 m/s
     np.testing.assert_array_equal(mask, expected)
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_privileged_teacher_probe_keeps_each_window_with_the_teachers_action(trained, tmp_path):
+    """The probe's windows line up: with the teacher driving, the frames kept for a car are
+    its 20 recorded frames before the takeover and then what the simulator showed it after
+    each step, and the labels are the teacher's normalised actions at each step. The probe
+    writes a policy checkpoint that evaluates like any other."""
+    from data.dataset import Dataset, normalise_actions
+    from policy.driver import policy_driver
+    from policy.train import PRESETS, dataset_scene, with_separated
+    from traffic_sim.evaluate import run_episodes
+    from traffic_sim.sim import ReplaySimulator, builtin_actions
+
+    probe = _benchmark("probe_privileged_teacher")
+    ds = Dataset.open(trained["dataset"])
+    stats = {k: v.tolist() for k, v in ds.stats.items()}
+    scene = dataset_scene(ds)
+    tracks = np.sort(scene.episodes["train"][:3])
+    torch.manual_seed(0)
+    net = PolicyNet(with_separated(PRESETS["default"]).policy).eval()
+    frames, states, labels, cars = probe.collect(scene, tracks, net, stats, "follow", teacher_drives=True)
+
+    sim = ReplaySimulator(scene)
+    ref = sim.start(tracks)
+    shown, actions = [], []
+    while not ref.done.all():
+        a = builtin_actions(sim, ref, "follow")
+        actions.append(normalise_actions(a.astype(np.float32), stats))
+        shown.append(sim.step(ref, a, observe=True))
+    np.testing.assert_array_equal(cars.steps, ref.steps)
+    assert frames.shape[1] == 20 + len(shown) - 1 and labels.shape[1] == len(shown)
+    np.testing.assert_array_equal(frames[:, :20].numpy(), sim.history_images(tracks)[:, -20:])
+    for k in range(len(shown) - 1):  # the frame seen after step k is the newest of window k + 1
+        live = k + 1 < ref.steps
+        np.testing.assert_array_equal(frames[live, 20 + k].numpy(), shown[k][live])
+    np.testing.assert_allclose(labels.numpy(), np.stack(actions, 1), rtol=1e-6)
+
+    episodes = probe.Episodes()
+    episodes.add(frames, states, labels, cars.steps)
+    assert len(episodes.index) == cars.steps.sum()
+    images, st, target = episodes.batch(np.random.default_rng(0), 8, 20)
+    assert images.shape == (8, 20, 3, IMAGE_H, IMAGE_W) and st.shape == (8, 20, 4) and target.shape == (8, 2)
+
+    out = tmp_path / "student"
+    probe.main(["--dataset", str(trained["dataset"]), "--iterations", "2", "--episodes", "3", "--steps", "2",
+                "--val-episodes", "2", "--out", str(out)])
+    result = run_episodes(scene, scene.episodes["val"][:2], policy_driver(out, scene))
+    assert len(result["success"]) == 2
