@@ -9,7 +9,7 @@ nearest vehicle ahead with the true gaps, merging from a lane that ends) with ev
 IDM time headway and maximum acceleration given, each without and with evasion, and prints
 success, collision (front / rear / side) and off-road rates. With evasion the driver also
 reads the threats that car following ignores, with the true positions and speeds
-(``traffic_sim.follow.evasive_acceleration``): a vehicle closing in from behind in its lane
+(``traffic_sim.follow.Evasion``): a vehicle closing in from behind in its lane
 within ``--rear-time`` seconds, and one alongside moving into it within ``--side-time``.
 The setting that does best on the validation split is ``--policy follow-evade``.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 from data.dataset import Dataset  # noqa: E402
 from policy.train import dataset_scene  # noqa: E402
 from traffic_sim.evaluate import run_episodes, summarise  # noqa: E402
-from traffic_sim.follow import IDM, evasive_acceleration, follow_actions  # noqa: E402
+from traffic_sim.follow import IDM, Evasion, follow_actions  # noqa: E402
 from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator  # noqa: E402
 
@@ -42,15 +43,12 @@ class PrivilegedDriver:
 
     observes = False  # run_episodes renders no images for it
 
-    def __init__(self, scene, idm: IDM, evade: bool, rear_time: float, side_time: float):
+    def __init__(self, scene, idm: IDM, evade: Optional[Evasion]):
         self.sim = ReplaySimulator(scene)  # for its neighbour queries (stateless)
-        self.idm, self.evade, self.rear_time, self.side_time = idm, evade, rear_time, side_time
+        self.idm, self.evade = idm, evade
 
     def __call__(self, obs, states, cars) -> np.ndarray:
-        actions = follow_actions(self.sim, cars, merge=True, idm=self.idm)
-        if self.evade:
-            actions[:, 0] = evasive_acceleration(self.sim, cars, actions[:, 0], self.rear_time, self.side_time)
-        return actions
+        return follow_actions(self.sim, cars, merge=True, idm=self.idm, evade=self.evade)
 
 
 def main(argv=None) -> None:
@@ -78,8 +76,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|")
     for h in headways:
         for a in acc_max:
-            for evade in (False, True):
-                driver = PrivilegedDriver(scene, IDM(headway=h, acc_max=a), evade, args.rear_time, args.side_time)
+            for evade in (None, Evasion(args.rear_time, args.side_time)):
+                driver = PrivilegedDriver(scene, IDM(headway=h, acc_max=a), evade)
                 r = summarise("follow-merge", run_episodes(scene, tracks, driver))
                 kinds = " / ".join(f"{100 * r[f'collision_{k}_rate']:.1f}" for k in ("front", "rear", "side"))
                 print(f"| {h:g} | {a:g} | {'yes' if evade else 'no'} | {100 * r['success_rate']:.1f} | "

@@ -150,7 +150,7 @@ def report_command(cfg: ReportConfig) -> str:
             pick = np.random.default_rng(0).choice(len(tracks), cfg.episodes, replace=False)
             tracks = tracks[np.sort(pick)]
         rows = []
-        # the references: recorded, none, car following (and merging) with the true gaps
+        # the references: recorded, none, car following (merging, evading) with the true gaps
         for name in ("human", "no-action", "follow", "follow-merge", "follow-evade"):
             rows.append({"method": name, "seed": "", **summarise(name, run_episodes(scene, tracks, name))})
         for (method, seed), folder in trained.items():

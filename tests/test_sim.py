@@ -258,7 +258,7 @@ def test_follow_evade_speeds_away_from_a_vehicle_closing_in_from_behind(speed, e
     """The car at 10 m/s in lane 3, a vehicle behind it 6 m from its rear: at 14 m/s it would
     reach the car in 1.5 s (< 2 s), and the car accelerates at the limit; at the car's own
     speed it never would, and car following is left as it is."""
-    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, evasive_acceleration, follow_actions
+    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, Evasion, follow_actions
     from traffic_sim.roads import LANE_WIDTH
 
     lane3, start = 2.5 * LANE_WIDTH, 19  # the car takes over at the last of its 20 frames of history
@@ -269,7 +269,7 @@ def test_follow_evade_speeds_away_from_a_vehicle_closing_in_from_behind(speed, e
     cars = sim.start([0])
     assert cars.y[0] == pytest.approx(at)
     following = follow_actions(sim, cars, merge=True, idm=EVADE_IDM)[:, 0]
-    evading = evasive_acceleration(sim, cars, following)
+    evading = follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())[:, 0]
     assert following[0] < 1.0  # free road ahead at 10 m/s: IDM with a max. of 1 m/s^2
     assert evading[0] == (ACC_LIMITS[1] if evades else following[0])
     np.testing.assert_array_equal(builtin_actions(sim, cars, "follow-evade")[:, 0], evading)
@@ -280,7 +280,7 @@ def test_follow_evade_makes_way_for_a_vehicle_moving_in_from_the_side(ahead, exp
     """A vehicle in lane 4 alongside the car in lane 3 (its centre ``ahead`` metres further
     along), drifting towards it at 1 m/s, 0.7 m from it: it would touch the car within 1.5 s.
     Ahead of the car's centre, the car brakes; behind it, the car speeds up."""
-    from traffic_sim.follow import ACC_LIMITS, evasive_acceleration
+    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, Evasion, follow_actions
     from traffic_sim.roads import LANE_WIDTH
 
     lane3, start, at, v = 2.5 * LANE_WIDTH, 19, 150.0, 10.0
@@ -290,7 +290,9 @@ def test_follow_evade_makes_way_for_a_vehicle_moving_in_from_the_side(ahead, exp
                          lambda y: 4)])
     sim = ReplaySimulator(sc)
     cars = sim.start([0])
-    evading = evasive_acceleration(sim, cars, np.zeros(1))
+    following = follow_actions(sim, cars, merge=True, idm=EVADE_IDM)[:, 0]
+    evading = follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())[:, 0]
+    assert -1.0 < following[0] < 1.0  # nothing ahead in its lane
     assert evading[0] == (0.5 * ACC_LIMITS[0] if expect == "brake" else ACC_LIMITS[1])
 
 

@@ -16,8 +16,8 @@ rule, as the lane-changing models of traffic simulation have one).
 
 ``--policy follow-evade`` is ``follow-merge`` with a shorter headway and gentler acceleration
 (:data:`EVADE_IDM`) that also evades what car following ignores, with the true positions and
-speeds (:func:`evasive_acceleration`): a vehicle closing in from behind in its lane, and one
-alongside moving sideways into it. Of the settings of
+speeds (:class:`Evasion`): a vehicle closing in from behind in its lane, and one alongside
+moving sideways into it. Of the settings of
 ``benchmarks/probe_follow_ceiling.py``, it did best on the validation split.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
@@ -46,8 +47,6 @@ MERGE_HEADING_MAX = 0.35  # wanted heading's bound while it merges (lateral unit
 MERGE_HEADWAY = 0.5  # [s] accepted time gap to the vehicle ahead in the lane it merges into, and from the one behind
 MERGE_CLOSING_TIME = 1.5  # [s] extra gap from the one behind per m/s it is faster
 # follow-evade
-EVADE_REAR_TIME = 2.0  # [s] it accelerates when a vehicle behind in its lane would reach it this soon
-EVADE_SIDE_TIME = 1.5  # [s] it reacts to a vehicle alongside that would touch it this soon
 ALONGSIDE = 3.0  # [m] beyond overlapping it along the road, a vehicle still counts as alongside
 EVADE_FREE = -1.0  # [m/s^2] it accelerates to evade only when car following commands more than this
 
@@ -78,6 +77,22 @@ def idm_acceleration(speed, gap, leader_speed, idm: IDM = IDM()):
 EVADE_IDM = IDM(headway=0.5, acc_max=1.0)  # follow-evade's car following
 
 
+@dataclass(frozen=True)
+class Evasion:
+    """How the follower evades, with the true positions and speeds:
+
+    - a vehicle behind in the car's lane that would reach it within ``rear_time`` seconds at
+      the present speeds: accelerate at the limit, unless car following brakes (below
+      ``EVADE_FREE``) for the vehicle ahead;
+    - a vehicle alongside (within ``ALONGSIDE`` of overlapping it along the road) moving
+      sideways towards the car that would touch it within ``side_time`` seconds: if that
+      vehicle's centre is ahead of the car's, brake at half the limit; if behind, accelerate
+      as above."""
+
+    rear_time: float = 2.0  # [s]
+    side_time: float = 1.5  # [s]
+
+
 def _speeds(sc, rows, frame):
     """[m/s] speeds of the replayed vehicles at scene ``rows`` (N, K) at ``frame`` (N,)."""
     track = sc.track[rows]
@@ -105,11 +120,12 @@ def merge_targets(road) -> dict:
     return out
 
 
-def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(), evade: bool = False) -> np.ndarray:
+def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
+                   evade: Optional[Evasion] = None) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
     in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
     out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters;
-    ``evade``: its acceleration also evades (:func:`evasive_acceleration`)."""
+    ``evade``: how its acceleration also evades (None: it does not)."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
@@ -161,49 +177,32 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(), evade: bool
             heading_max = np.where(go, MERGE_HEADING_MAX, heading_max)
     heading = np.clip(HEADING_GAIN * (target - cars.center_x), -heading_max, heading_max)
     steer = STEER_GAIN * (heading - cars.ux) / (np.maximum(cars.v, 1.0) * DT)
-    if evade:
-        acc = evasive_acceleration(sim, cars, acc)
+    if evade is not None:
+        acc = _evade(acc, evade, sc, cars, rows, valid, speeds, other_cx, overlap)
     return np.stack([acc, steer], axis=1)
 
 
-def evasive_acceleration(sim, cars, acc, rear_time: float = EVADE_REAR_TIME,
-                         side_time: float = EVADE_SIDE_TIME) -> np.ndarray:
-    """The car-following acceleration ``acc`` (N,) [m/s^2] changed to evade, with the true
-    positions and speeds:
-
-    - a vehicle behind in the car's lane that would reach it within ``rear_time`` seconds at
-      the present speeds: accelerate at the limit, unless braking (below ``EVADE_FREE``) for
-      the vehicle ahead;
-    - a vehicle alongside (within ``ALONGSIDE`` of overlapping it along the road) moving
-      sideways towards the car that would touch it within ``side_time`` seconds: if that
-      vehicle's centre is ahead of the car's, brake at half the limit; if behind, accelerate
-      as above."""
-    sc = sim.scene
-    acc = np.asarray(acc, dtype=float)
-    frame = np.minimum(cars.frame, sc.n_frames - 1)
-    rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
-    if rows.shape[1] == 0:
-        return acc
-    speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
-    other_cx = sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]
+def _evade(acc, evasion: Evasion, sc, cars, rows, valid, speeds, other_cx, overlap) -> np.ndarray:
+    """The car-following acceleration ``acc`` (N,) [m/s^2] changed as ``evasion`` says, from
+    the neighbours that :func:`follow_actions` found: scene ``rows`` (N, K) and their
+    ``valid`` mask, ``speeds`` [m/s], centres across the road ``other_cx`` [m] and their
+    ``overlap`` [m] across the road with the car."""
     other_cy = sc.y[rows] - 0.5 * sc.length[rows] * sc.uy[rows]
     dx = cars.center_x[:, None] - other_cx  # [m] the car's centre from theirs, across the road
-    overlap = 0.5 * (sc.width[rows] + cars.width[:, None]) - np.abs(dx)
     free = acc > EVADE_FREE
     # from behind, in its lane
     behind = valid & (overlap > LANE_MARGIN) & (other_cy < cars.center_y[:, None])
     gap = (cars.y - cars.length * cars.uy)[:, None] - sc.y[rows]  # [m] its rear to their front
     closing = speeds - cars.v[:, None]
-    with np.errstate(divide="ignore"):
-        reach = np.where(behind & (closing > 0), gap / np.maximum(closing, 1e-3), np.inf).min(1)
-    out = np.where((reach < rear_time) & free, np.maximum(acc, ACC_LIMITS[1]), acc)
+    reach = np.where(behind & (closing > 0), gap / np.maximum(closing, 1e-3), np.inf).min(1)  # [s]
+    out = np.where((reach < evasion.rear_time) & free, np.maximum(acc, ACC_LIMITS[1]), acc)
     # from the side
     along = other_cy - cars.center_y[:, None]
     near = valid & (overlap <= LANE_MARGIN) & (np.abs(along) < 0.5 * (sc.length[rows] + cars.length[:, None])
                                                + ALONGSIDE)
     towards = np.sign(dx) * speeds * sc.ux[rows]  # [m/s] their sideways speed towards the car
     side_gap = np.abs(dx) - 0.5 * (sc.width[rows] + cars.width[:, None])
-    threat = near & (towards > 0.1) & (side_gap < side_time * towards)
+    threat = near & (towards > 0.1) & (side_gap < evasion.side_time * towards)
     from_ahead, from_behind = (threat & (along >= 0)).any(1), (threat & (along < 0)).any(1)
     out = np.where(from_behind & ~from_ahead & free, np.maximum(out, ACC_LIMITS[1]), out)
     return np.where(from_ahead, 0.5 * ACC_LIMITS[0], out)

@@ -121,9 +121,9 @@ def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarr
 
         return follow_actions(sim, cars, merge=policy == "follow-merge")
     if policy == "follow-evade":
-        from .follow import EVADE_IDM, follow_actions
+        from .follow import EVADE_IDM, Evasion, follow_actions
 
-        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=True)
+        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())
     raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(BUILTIN_POLICIES)}")
 
 
