@@ -36,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 from data.dataset import Dataset, normalise_actions  # noqa: E402
 from policy.driver import BEST, POLICY_KIND, Driver  # noqa: E402
 from policy.net import PolicyNet  # noqa: E402
-from policy.train import PRESETS, ClosedLoopValidation, dataset_scene, preset_to_dict, with_separated  # noqa: E402
+from policy.train import (CHECKPOINT_VERSION, PRESETS, ClosedLoopValidation, dataset_scene,  # noqa: E402
+                          preset_to_dict, with_separated, within_bounds)
 from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator, builtin_actions  # noqa: E402
 from world_model.train import CHECKPOINT, save_checkpoint  # noqa: E402
@@ -53,12 +54,13 @@ class Episodes:
         self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
 
     def add(self, frames, states, labels, steps):
+        index = [self.index]
         for f, s, a, n in zip(frames, states, labels, steps):
-            e = len(self.frames)
+            index.append(np.stack([np.full(n, len(self.frames)), np.arange(n)], 1))
             self.frames.append(f[:f.shape[0] - a.shape[0] + n].clone())
             self.states.append(s[:s.shape[0] - a.shape[0] + n].clone())
             self.labels.append(a[:n].clone())
-            self.index = np.concatenate([self.index, np.stack([np.full(n, e), np.arange(n)], 1)])
+        self.index = np.concatenate(index)
 
     def batch(self, rng, size: int, n_cond: int):
         pick = self.index[rng.integers(len(self.index), size=size)]
@@ -122,8 +124,6 @@ def main(argv=None) -> None:
     net = PolicyNet(config)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     validation = ClosedLoopValidation(dataset, args.val_episodes, net, stats, "cpu")
-    bound = config.action_bound
-    low = torch.tensor([-(config.brake_bound or bound), -bound])
     data, best, t0 = Episodes(), None, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     print(f"teacher {args.teacher}; {args.iterations} iterations of {args.episodes} training episodes "
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
         losses = []
         for _ in range(args.steps):
             images, st, target = data.batch(rng, args.batch_size, config.n_cond)
-            loss = F.mse_loss(net(images, st), torch.maximum(target.clamp(max=bound), low))
+            loss = F.mse_loss(net(images, st), within_bounds(target, config))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                    f"validation {val['val_success']:.0%} success, {val['val_collision']:.0%} collisions "
                    f"({time.perf_counter() - t0:.0f} s)")
         print(summary, flush=True)
-        payload = {"kind": POLICY_KIND, "version": 1, "method": f"teacher-{args.teacher}",
+        payload = {"kind": POLICY_KIND, "version": CHECKPOINT_VERSION, "method": f"teacher-{args.teacher}",
                    "policy_config": config.to_dict(), "preset": preset_to_dict(preset),
                    "train_config": vars(args), "dataset": str(folder.resolve()), "model_path": None,
                    "stats": stats, "step": (it + 1) * args.steps, "val": val, "policy": net.state_dict()}

@@ -418,18 +418,23 @@ class ClosedLoopValidation:
 
 
 # ---------------------------------------------------------------------- losses
+def within_bounds(actions: torch.Tensor, config) -> torch.Tensor:
+    """Normalised target actions (..., 2) clipped to what a policy of ``config`` can output,
+    for imitation: recorded actions include curvature outliers (a car creeping at walking
+    speed) hundreds of standard deviations out, which would otherwise dominate the squared
+    error."""
+    bound = config.action_bound
+    low = torch.tensor([-(config.brake_bound or bound), -bound], device=actions.device, dtype=actions.dtype)
+    return torch.maximum(actions.clamp(max=bound), low)
+
+
 def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyPreset,
                 stats: dict, u_stats: Optional[dict]) -> tuple:
     """The method's loss on one batch of windows; (loss, metrics of detached scalars)."""
     n = net.config.n_cond
     images, states = batch["images"][:, :n], batch["states"][:, :n]
     if method == "il":
-        # targets within the policy's own bound: the recorded actions include curvature
-        # outliers (a car creeping at walking speed) hundreds of standard deviations out,
-        # which would otherwise dominate the squared error
-        bound = net.config.action_bound
-        low = torch.tensor([-(net.config.brake_bound or bound), -bound], device=images.device)
-        loss = F.mse_loss(net(images, states), torch.maximum(batch["actions"][:, n - 1].clamp(max=bound), low))
+        loss = F.mse_loss(net(images, states), within_bounds(batch["actions"][:, n - 1], net.config))
         return loss, {"loss": loss.detach(), "imitation": loss.detach()}
 
     def actor(hist, st, t):
