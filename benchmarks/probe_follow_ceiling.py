@@ -34,6 +34,7 @@ from data.dataset import Dataset  # noqa: E402
 from policy.train import dataset_scene  # noqa: E402
 from traffic_sim.evaluate import run_episodes, summarise  # noqa: E402
 from traffic_sim.follow import IDM, Evasion, follow_actions  # noqa: E402
+from traffic_sim.cli_util import UserError, run_script  # noqa: E402
 from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator  # noqa: E402
 
@@ -65,10 +66,12 @@ def main(argv=None) -> None:
         headways = [float(h) for h in args.headways.split(",")]
         acc_max = [float(a) for a in args.acc_max.split(",")]
     except ValueError:
-        sys.exit("probe_follow_ceiling: --headways and --acc-max take numbers, comma-separated")
+        raise UserError("--headways and --acc-max take numbers, comma-separated") from None
+    if min(headways + acc_max) <= 0 or (args.episodes is not None and args.episodes < 1):
+        raise UserError("--headways and --acc-max must be positive, --episodes at least 1")
     folder = Path(args.dataset) if args.dataset else artifacts_dir() / "datasets" / "default"
     if not folder.is_dir():
-        sys.exit(f"probe_follow_ceiling: no dataset at {folder} (python run.py build-dataset)")
+        raise UserError(f"no dataset at {folder} (python run.py build-dataset)")
     scene = dataset_scene(Dataset.open(folder))
     tracks = scene.episodes[args.split][:args.episodes]
     print(f"follow-merge, {args.split} split, {len(tracks)} episodes (rates in %)")
@@ -85,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

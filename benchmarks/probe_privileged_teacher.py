@@ -38,6 +38,7 @@ from policy.driver import BEST, POLICY_KIND, Driver  # noqa: E402
 from policy.net import PolicyNet  # noqa: E402
 from policy.train import (CHECKPOINT_VERSION, PRESETS, ClosedLoopValidation, dataset_scene,  # noqa: E402
                           preset_to_dict, with_separated, within_bounds)
+from traffic_sim.cli_util import UserError, run_script  # noqa: E402
 from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator, builtin_actions  # noqa: E402
 from world_model.train import CHECKPOINT, save_checkpoint  # noqa: E402
@@ -106,13 +107,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     for name in ("iterations", "episodes", "steps", "batch_size", "val_episodes"):
         if getattr(args, name) < 1:
-            sys.exit(f"probe_privileged_teacher: --{name.replace('_', '-')} must be at least 1")
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     folder = Path(args.dataset) if args.dataset else artifacts_dir() / "datasets" / "default"
     if not folder.is_dir():
-        sys.exit(f"probe_privileged_teacher: no dataset at {folder} (python run.py build-dataset)")
+        raise UserError(f"no dataset at {folder} (python run.py build-dataset)")
     out = Path(args.out) if args.out else artifacts_dir() / "policies" / f"teacher-{args.teacher}-seed{args.seed}"
     if (out / CHECKPOINT).is_file():
-        sys.exit(f"probe_privileged_teacher: {out / CHECKPOINT} exists: choose another --out")
+        raise UserError(f"{out / CHECKPOINT} exists: choose another --out")
 
     dataset = Dataset.open(folder)
     stats = {k: v.tolist() for k, v in dataset.stats.items()}
@@ -162,4 +163,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -92,3 +92,16 @@ def test_watch_records_frames(traffic_file, tmp_path):
             "--max-steps", "5")
     assert r.returncode == 0, r.stderr
     assert len(list(out.glob("*.png"))) >= 5
+
+
+def test_a_script_reports_bad_input_in_one_line_with_status_2(capsys):
+    from traffic_sim.cli_util import UserError, run_script
+
+    def bad():
+        raise UserError("--steps must be at least 1")
+
+    with pytest.raises(SystemExit) as stop:
+        run_script(bad)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: --steps must be at least 1\n"
+    run_script(lambda: None)  # a script that ends well returns

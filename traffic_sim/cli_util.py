@@ -15,6 +15,21 @@ class UserError(ValueError):
     """Bad input from the user: reported as one line, exit status 2."""
 
 
+def run_script(main) -> None:
+    """Run a script's ``main()`` as ``run.py`` runs a command: a :class:`UserError` is one
+    line on stderr and exit status 2, Ctrl-C a line and status 130."""
+    import sys
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def doc(help_text: str, default=dataclasses.MISSING, **kwargs):
     """A dataclass field with a help text (and optional CLI flags via ``flags=``)."""
     metadata = {"help": help_text}
