@@ -10,6 +10,9 @@ Methods (method.md, section 5):
 - ``mper``: unroll the deterministic model with the policy's actions and match the
   recorded future (states and images): imitation through the model.
 - ``il``: one-step imitation of the recorded action (no model).
+- ``teach``: imitation of a privileged driver's actions in the states the policy drives
+  into itself (no model; see :mod:`policy.teacher`). ``--teacher`` adds the same imitation
+  to the other methods' costs.
 
 Every ``val_every`` steps the policy drives validation episodes closed loop in the
 simulator (not in the model); the checkpoint that did best there is kept as ``best.pt``
@@ -45,14 +48,16 @@ from .driver import BEST, POLICY_KIND, Driver
 from .net import PolicyConfig, PolicyNet
 from .rollout import (CostWeights, discounted, expert_uncertainty_stats, predicted_world, rollout,
                       rollout_separated)
+from .teacher import DEFAULT_TEACHER, TEACHERS, TeacherData, TeacherSettings
 
-METHODS = ("mpur", "svg", "vg", "mper", "il")
+METHODS = ("mpur", "svg", "vg", "mper", "il", "teach")
 METHOD_MODEL = {"mpur": "stochastic", "svg": "stochastic", "vg": "deterministic",
-                "mper": "deterministic", "il": None}
+                "mper": "deterministic", "il": None, "teach": None}
 CHECKPOINT_VERSION = 1
 TRACK_SCALE = 10.0  # [m] the offset from the recorded car's place that costs track_weight per step
 LOG_FIELDS = ["step", "loss", "proximity", "lane", "offroad", "uncertainty", "imitation", "track",
-              "u_grad_ratio", "u_grad_cos", "val_success", "val_collision", "val_offroad", "val_distance", "seconds"]
+              "u_grad_ratio", "u_grad_cos", "val_success", "val_collision", "val_offroad", "val_distance",
+              "collect_success", "windows", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class PolicyPreset:
     # validates and drives (0: none; 0.99 averages over about the last 100 steps)
     ema: float = 0.0
     separated: SeparatedSettings = field(default_factory=SeparatedSettings)
+    # the privileged teacher: --method teach, and --teacher beside another method's costs
+    # (teacher None: no imitation beside the costs)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
     u_stats_batches: int = 8  # expert batches that set the uncertainty scale
     log_every: int = 25
     val_every: int = 250
@@ -137,7 +145,9 @@ PRESETS = {
                          batch_size=4, steps=40, lr=1e-3, grad_clip=50.0, k_dropout=2,
                          u_stats_batches=2, u_stride=2, log_every=10, val_every=20, val_episodes=6,
                          separated=SeparatedSettings(horizon=4, start_noise=(1.0, 0.3, 1.0), brake_bound=6.0,
-                                                     prox_reach=2.75)),
+                                                     prox_reach=2.75),
+                         teacher=TeacherSettings(episodes=6, collect_every=10, steps=30,
+                                                 batch_size=4)),
     "default": PolicyPreset(policy=PolicyConfig(n_feature=32, n_hidden=256), horizon=20,
                             batch_size=8, steps=1200, lr=5e-4, grad_clip=50.0, k_dropout=4,
                             val_every=200, val_episodes=100,
@@ -156,7 +166,8 @@ PRESETS = {
 class TrainPolicyConfig:
     """Train a driving policy through the forward model (or by imitation)."""
 
-    method: str = doc("mpur | svg | vg | mper | il", "mpur", choices=list(METHODS))
+    method: str = doc("mpur | svg | vg | mper | il | teach (teach: imitate a privileged driver, --teacher, in "
+                      "the states the policy drives into itself; no model)", "mpur", choices=list(METHODS))
     model: Optional[str] = doc(
         "forward-model checkpoint (default: <artifacts>/models/stochastic-<preset> for mpur "
         "and svg, deterministic-<preset> for vg and mper; il needs none); several, "
@@ -251,6 +262,19 @@ class TrainPolicyConfig:
         "keep an exponential moving average of the policy's weights with this decay per step (0.99: about "
         "the last 100 steps), and validate, keep and drive the average instead of the last weights, which "
         "swing from step to step (default: the preset's, 0: off)", None)
+    teacher: Optional[str] = doc(
+        "a privileged driver that reads the true state (" + ", ".join(TEACHERS) + "): imitated by --method "
+        "teach (default: follow-evade), or, with the other methods, imitated beside their costs, weighted by "
+        "--teacher-weight, in the states the policy drives into itself (default: none)", None, choices=list(TEACHERS))
+    teacher_weight: Optional[float] = doc(
+        "with --teacher and a method other than teach: weight of the imitation loss (mean squared error of the "
+        "normalised actions) beside the costs (default: the preset's, 1)", None)
+    teacher_episodes: Optional[int] = doc(
+        "with teach or --teacher: training episodes the policy drives at each collection (default: the "
+        "preset's, 192)", None)
+    collect_every: Optional[int] = doc(
+        "with teach or --teacher: optimizer steps between collections; the first, at step 0, is driven by the "
+        "teacher (default: teach 1,500, the others every validation)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -268,6 +292,15 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
                                policy=dataclasses.replace(preset.policy, n_states=s.n_states,
                                                           action_bound=s.action_bound or preset.policy.action_bound,
                                                           brake_bound=s.brake_bound))
+
+
+def for_teaching(preset: PolicyPreset) -> PolicyPreset:
+    """The preset of ``--method teach``: the network of ``--separate-ego``, the teacher's
+    steps and batch, and validation before every collection."""
+    t = preset.teacher
+    return dataclasses.replace(preset, policy=with_separated(preset).policy, steps=t.steps, batch_size=t.batch_size,
+                               val_every=t.collect_every,
+                               teacher=dataclasses.replace(t, teacher=t.teacher or DEFAULT_TEACHER))
 
 
 def learning_rate(base: float, step: int, total: int) -> float:
@@ -304,6 +337,7 @@ def preset_from_dict(d: dict) -> PolicyPreset:
     d["policy"] = PolicyConfig.from_dict(d["policy"])
     d["weights"] = CostWeights(**d["weights"])
     d["separated"] = SeparatedSettings(**d.get("separated", {}))  # absent from older checkpoints
+    d["teacher"] = TeacherSettings(**d.get("teacher", {}))  # absent from older checkpoints
     d["start_noise"] = tuple(d.get("start_noise", (0.0, 0.0, 0.0)))
     return PolicyPreset(**d)
 
@@ -577,6 +611,34 @@ def init_weights(net: PolicyNet, path, device) -> None:
     net.load_state_dict(source.state_dict())
 
 
+def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> PolicyPreset:
+    """``preset`` with the privileged teacher's options of ``cfg`` applied."""
+    t = preset.teacher
+    if cfg.teacher is not None:
+        t = dataclasses.replace(t, teacher=cfg.teacher)
+    given = [f"--{name.replace('_', '-')}" for name in ("teacher_weight", "teacher_episodes", "collect_every")
+             if getattr(cfg, name) is not None]
+    if given and t.teacher is None:
+        raise UserError(f"{', '.join(given)} applies with --teacher or --method teach")
+    for name in ("teacher_episodes", "collect_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.teacher_weight is not None:
+        if cfg.method == "teach":
+            raise UserError("--teacher-weight applies beside another method's costs, not to teach")
+        if not (cfg.teacher_weight >= 0 and math.isfinite(cfg.teacher_weight)):
+            raise UserError(f"--teacher-weight must be at least 0, got {cfg.teacher_weight}")
+        t = dataclasses.replace(t, weight=cfg.teacher_weight)
+    if cfg.teacher_episodes is not None:
+        t = dataclasses.replace(t, episodes=cfg.teacher_episodes)
+    if cfg.method == "teach":
+        t = dataclasses.replace(t, collect_every=cfg.collect_every or t.collect_every)
+        return dataclasses.replace(preset, teacher=t, val_every=t.collect_every)
+    if t.teacher is not None:  # beside the costs: a collection at every validation unless told
+        t = dataclasses.replace(t, collect_every=cfg.collect_every or preset.val_every)
+    return dataclasses.replace(preset, teacher=t)
+
+
 def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) -> Path:
     """Train (or resume) as ``cfg`` says; return the folder holding ``checkpoint.pt``,
     ``best.pt`` and ``log.csv``. ``preset`` replaces the named preset (tests)."""
@@ -593,6 +655,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = with_separated(preset)
     elif cfg.separate_ego is False:
         preset = dataclasses.replace(preset, separate_ego=False)
+    if cfg.method == "teach":
+        if preset.separate_ego:
+            raise UserError("--separate-ego applies to mpur, svg and vg; teach trains its network without a model")
+        preset = for_teaching(preset)
     for name in ("steps", "val_episodes"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
@@ -689,6 +755,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if cfg.u_gradient_project and preset.u_grad_ratio is None:
             raise UserError("--u-gradient-project applies with --u-gradient-ratio")
         preset = dataclasses.replace(preset, u_grad_project=cfg.u_gradient_project)
+    preset = _with_teacher_options(cfg, preset)
     if preset.world != "model" and not preset.separate_ego:
         raise UserError("--world applies with --separate-ego")
     if preset.separate_ego and cfg.method in ("mper", "il"):
@@ -777,7 +844,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     if cfg.init and resume_ckpt is None:
         init_weights(net, cfg.init, device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
-    n_pred = 1 if cfg.method == "il" else preset.horizon
+    n_pred = 1 if cfg.method in ("il", "teach") else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
     for share, mask, option, what in ((preset.focus_ends, ends_mask, "--focus-ends", "near a lane's end"),
                                       (preset.focus_queues, queues_mask, "--focus-queues", "closing in on a queue")):
@@ -802,6 +869,13 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             if not cfg.quiet:
                 print(f"no closed-loop validation ({e}); best.pt is the last checkpoint")
 
+    teacher = preset.teacher
+    teacher_data = None  # the windows the privileged teacher labelled
+    if teacher.teacher is not None:
+        scene = validation.scene if validation is not None else dataset_scene(dataset)
+        teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device)
+    collected = {}  # the last collection's outcome, for the next log row
+
     progress, best = Progress(), None
     if resume_ckpt is not None:
         net.load_state_dict(resume_ckpt.get("policy_raw") or resume_ckpt["policy"])
@@ -810,6 +884,11 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         progress = Progress(int(resume_ckpt["step"]), float(resume_ckpt["seconds"]))
         best = resume_ckpt.get("best")
         set_rng_state(resume_ckpt["rng"], sampler, device)
+        if teacher_data is not None:
+            if not cfg.quiet:
+                print(f"replaying the {len(resume_ckpt['teacher']['records'])} collection(s) of {teacher.teacher}'s "
+                      f"labels", flush=True)
+            teacher_data.load_state(resume_ckpt["teacher"])
 
     def payload(val=None) -> dict:
         return {
@@ -823,6 +902,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             "step": progress.step, "seconds": progress.seconds, "val": val,
             "best": best, "policy": driven.state_dict(), "optimizer": opt.state_dict(),
             "rng": get_rng_state(sampler, device),
+            "teacher": teacher_data.state() if teacher_data is not None else None,
             **({"policy_raw": net.state_dict()} if driven is not net else {}),
         }
 
@@ -831,15 +911,49 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     if resume_ckpt is None:
         save_checkpoint(ckpt_path, payload())
 
+    def collect():
+        """The next collection: the teacher drives the first, the policy the others."""
+        first, was_training = not teacher_data.records, driven.training
+        driven.eval()
+        outcome = teacher_data.collect(teacher.episodes, None if first else (lambda im, st, size: driven(im, st)))
+        driven.train(was_training)
+        collected.update({"collect_success": outcome["success"], "windows": len(teacher_data)})
+        if not cfg.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(f"step {progress.step}: {'the teacher' if first else 'the policy'} drove {teacher.episodes} "
+                       f"episodes ({outcome['success']:.0%} success); {len(teacher_data):,} windows labelled "
+                       f"by {teacher.teacher}")
+
+    def imitation_loss():
+        size = preset.batch_size if cfg.method == "teach" else teacher.batch_size
+        images, st, target = teacher_data.batch(size)
+        return F.mse_loss(net(images, st), within_bounds(target, net.config))
+
     def compute_loss():
         if preset.lr_decay:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(preset.lr, progress.step, total_steps)
+        if teacher_data is not None and len(teacher_data.records) <= progress.step // teacher.collect_every:
+            collect()
+        if cfg.method == "teach":
+            with autocast(device, dtype):
+                loss = imitation_loss()
+            return loss, {"loss": loss.detach(), "imitation": loss.detach()}
         batch = sampler.sample()
         turn = progress.step % len(models) if models else 0  # by the step: the same turns on --resume
         with autocast(device, dtype):
-            return policy_loss(cfg.method, net, models[turn] if models else None, batch, preset, stats,
-                               u_stats_all[turn] if models else None)
+            loss, metrics = policy_loss(cfg.method, net, models[turn] if models else None, batch, preset, stats,
+                                        u_stats_all[turn] if models else None)
+            if teacher_data is not None:  # the teacher's actions beside the costs
+                imitation = imitation_loss()
+                metrics["imitation"] = imitation.detach()
+                if isinstance(loss, tuple):  # BalancedStep: (costs, uncertainty)
+                    loss = (loss[0] + teacher.weight * imitation, loss[1])
+                else:
+                    loss = loss + teacher.weight * imitation
+                    metrics["loss"] = loss.detach()
+        return loss, metrics
 
     update = (BalancedStep(opt, net.parameters(), preset.grad_clip, preset.u_grad_ratio, preset.u_grad_project)
               if preset.u_grad_ratio is not None else GuardedStep(opt, net.parameters(), preset.grad_clip))
@@ -856,6 +970,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if isinstance(update, BalancedStep):
             row.update(update.pop_means())
         row.update(val or {})
+        row.update(collected)
+        collected.clear()
         log.write(row)
         post = {"loss": f"{row.get('loss', math.nan):.4g}"}
         if val:

@@ -506,6 +506,11 @@ def test_separated_uncertainty_is_one_batched_pass_of_one_step_predictions(stoch
 
 
 # ---------------------------------------------------------------------- trained tiny models
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small dataset from one minute of generated traffic, and tiny deterministic and
@@ -582,7 +587,7 @@ def test_uncertainty_is_higher_between_lanes_than_on_the_expert_path(trained):
     assert var["between lanes"].sum() > var["expert"].sum(), var
 
 
-@pytest.mark.parametrize("method", ["il", "mper", "vg", "svg", "mpur"])
+@pytest.mark.parametrize("method", ["il", "mper", "vg", "svg", "mpur", "teach"])
 def test_every_method_trains_and_keeps_its_best_checkpoint(trained, method, monkeypatch):
     import csv
 
@@ -597,7 +602,7 @@ def test_every_method_trains_and_keeps_its_best_checkpoint(trained, method, monk
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     net, ckpt = load_policy(out)  # best.pt
     assert ckpt["method"] == method and (out / "checkpoint.pt").is_file()
-    assert (ckpt["model_path"] is None) == (method == "il")
+    assert (ckpt["model_path"] is None) == (method in ("il", "teach"))
     if method == "mpur":
         assert ckpt["u_stats"]["k_dropout"] == 2 and float(rows[-1]["uncertainty"]) >= 0
         assert list(trained["stochastic"].parent.glob("uncertainty-k2-h4.json"))
@@ -615,8 +620,7 @@ def test_resume_continues_exactly(trained, tmp_path, ema):
     train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=6, resume=True, **common))
     a, ca = load_policy(full / "checkpoint.pt")
     b, cb = load_policy(part / "checkpoint.pt")
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), k
+    assert_same_weights(a, b)
     if ema is None:
         assert "policy_raw" not in ca
     else:  # the average drives; the last weights are kept to go on training from
@@ -1046,8 +1050,7 @@ def test_init_starts_from_another_policy(trained, tmp_path):
     a, _ = load_policy(il / "checkpoint.pt")
     b, ckpt = load_policy(out / "checkpoint.pt")
     assert ckpt["train_config"]["init"] == str(il)
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), k
+    assert_same_weights(a, b)
     with pytest.raises(UserError, match="does not exist"):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), steps=0, init=str(tmp_path / "none"), **common))
     # a policy that sees one state is another network: it cannot start one that sees all
@@ -1247,60 +1250,112 @@ def test_queues_mask_marks_the_frames_before_the_recorded_car_slows_within_its_e
     np.testing.assert_array_equal(mask, expected)
 
 
-def _benchmark(name: str):
-    """A script of benchmarks/ as a module."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_privileged_teacher_probe_keeps_each_window_with_the_teachers_action(trained, tmp_path):
-    """The probe's windows line up: with the teacher driving, the frames kept for a car are
-    its 20 recorded frames before the takeover and then what the simulator showed it after
-    each step, and the labels are the teacher's normalised actions at each step. The probe
-    writes a policy checkpoint that evaluates like any other."""
+def test_the_teachers_windows_are_what_the_simulator_showed_with_the_teachers_actions(trained):
+    """With the teacher driving, the frames kept for a car are its 20 recorded frames before
+    the takeover and then what the simulator showed it after each step, and the labels are
+    the teacher's normalised actions at each step; a replay of the kept actions gives back
+    the same windows."""
     from data.dataset import Dataset, normalise_actions
-    from policy.driver import policy_driver
-    from policy.train import PRESETS, dataset_scene, with_separated
-    from traffic_sim.evaluate import run_episodes
+    from policy.teacher import TeacherData
+    from policy.train import dataset_scene
     from traffic_sim.sim import ReplaySimulator, builtin_actions
 
-    probe = _benchmark("probe_privileged_teacher")
     ds = Dataset.open(trained["dataset"])
     stats = {k: v.tolist() for k, v in ds.stats.items()}
     scene = dataset_scene(ds)
-    tracks = np.sort(scene.episodes["train"][:3])
-    torch.manual_seed(0)
-    net = PolicyNet(with_separated(PRESETS["default"]).policy).eval()
-    frames, states, labels, cars = probe.collect(scene, tracks, net, stats, "follow", teacher_drives=True)
+    data = TeacherData(scene, stats, 20, "follow", seed=0)
+    outcome = data.collect(3, None)
+    tracks = data.records[0]["tracks"].numpy()
+    np.testing.assert_array_equal(tracks, data.tracks_for(0, 3))
 
     sim = ReplaySimulator(scene)
     ref = sim.start(tracks)
     shown, actions = [], []
     while not ref.done.all():
-        a = builtin_actions(sim, ref, "follow")
-        actions.append(normalise_actions(a.astype(np.float32), stats))
+        a = builtin_actions(sim, ref, "follow").astype(np.float32)
+        actions.append(normalise_actions(a, stats))
         shown.append(sim.step(ref, a, observe=True))
-    np.testing.assert_array_equal(cars.steps, ref.steps)
-    assert frames.shape[1] == 20 + len(shown) - 1 and labels.shape[1] == len(shown)
-    np.testing.assert_array_equal(frames[:, :20].numpy(), sim.history_images(tracks)[:, -20:])
-    for k in range(len(shown) - 1):  # the frame seen after step k is the newest of window k + 1
-        live = k + 1 < ref.steps
-        np.testing.assert_array_equal(frames[live, 20 + k].numpy(), shown[k][live])
-    np.testing.assert_allclose(labels.numpy(), np.stack(actions, 1), rtol=1e-6)
+    assert outcome["success"] == ref.success.mean()
+    assert len(data) == ref.steps.sum() == len(data.index)
+    history = sim.history_images(tracks)[:, -20:]
+    for car in range(3):
+        frames, labels = data.frames[car], data.labels[car]
+        assert frames.shape[0] == 20 + ref.steps[car] - 1 and labels.shape[0] == ref.steps[car]
+        np.testing.assert_array_equal(frames[:20].numpy(), history[car])
+        for k in range(ref.steps[car] - 1):  # the frame seen after step k is the newest of window k + 1
+            np.testing.assert_array_equal(frames[20 + k].numpy(), shown[k][car])
+        np.testing.assert_allclose(labels.numpy(), np.stack(actions, 1)[car, :ref.steps[car]], rtol=1e-6)
 
-    episodes = probe.Episodes()
-    episodes.add(frames, states, labels, cars.steps)
-    assert len(episodes.index) == cars.steps.sum()
-    images, st, target = episodes.batch(np.random.default_rng(0), 8, 20)
+    again = TeacherData(scene, stats, 20, "follow", seed=0)
+    again.load_state(data.state())
+    assert len(again.records) == 1
+    for name in ("frames", "states", "labels"):
+        for x, y in zip(getattr(data, name), getattr(again, name)):
+            assert torch.equal(x, y), name
+    images, st, target = data.batch(8)
     assert images.shape == (8, 20, 3, IMAGE_H, IMAGE_W) and st.shape == (8, 20, 4) and target.shape == (8, 2)
 
-    out = tmp_path / "student"
-    probe.main(["--dataset", str(trained["dataset"]), "--iterations", "2", "--episodes", "3", "--steps", "2",
-                "--val-episodes", "2", "--out", str(out)])
-    result = run_episodes(scene, scene.episodes["val"][:2], policy_driver(out, scene))
-    assert len(result["success"]) == 2
+
+def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
+    """--method teach collects at steps 0 (the teacher drives), 10 and 20 (the policy
+    drives) on the tiny preset; stopped at step 15 and resumed, it replays the two
+    collections it had and ends with the same weights as without a stop."""
+    import csv
+
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+
+    common = dict(method="teach", preset="tiny", quiet=True, dataset=str(trained["dataset"]), val_episodes=0,
+                  teacher="follow-merge")
+    full = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=25, **common))
+    part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=15, **common))
+    train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=25, resume=True, **common))
+    a, ca = load_policy(full / "checkpoint.pt")
+    b, cb = load_policy(part / "checkpoint.pt")
+    assert_same_weights(a, b)
+    records = ca["teacher"]["records"]
+    assert [bool(r["teacher_drives"]) for r in records] == [True, False, False]
+    for r, q in zip(records, cb["teacher"]["records"]):
+        assert torch.equal(r["actions"], q["actions"])
+    assert ca["method"] == "teach" and ca["preset"]["teacher"]["teacher"] == "follow-merge"
+    assert ca["model_path"] is None and a.config.n_states == 1  # the network of --separate-ego
+    rows = list(csv.DictReader(open(full / "log.csv")))
+    assert [r["step"] for r in rows if r["windows"]] == ["10", "20", "25"]  # logged after each collection
+
+
+def test_teacher_beside_the_costs_adds_its_weighted_imitation(trained, tmp_path):
+    """--teacher beside vg's costs: at weight 0 the weights are those of plain vg (the
+    collections change nothing else); at weight 1 they differ, and the imitation is logged."""
+    import csv
+
+    from policy.driver import load_policy
+    from policy.train import TrainPolicyConfig, train_policy
+
+    common = dict(method="vg", preset="tiny", quiet=True, model=str(trained["deterministic"]), val_episodes=0,
+                  steps=6, separate_ego=True)
+    plain = load_policy(train_policy(TrainPolicyConfig(out=str(tmp_path / "plain"), **common)) / "checkpoint.pt")[0]
+    nets = {}
+    for w in (0.0, 1.0):
+        out = train_policy(TrainPolicyConfig(out=str(tmp_path / f"w{w}"), teacher="follow", teacher_weight=w,
+                                             teacher_episodes=4, collect_every=3, **common))
+        nets[w], ckpt = load_policy(out / "checkpoint.pt")
+        assert len(ckpt["teacher"]["records"]) == 2  # at steps 0 and 3
+        rows = list(csv.DictReader(open(out / "log.csv")))
+        assert all(float(r["imitation"]) > 0 for r in rows)
+    assert_same_weights(plain, nets[0.0])
+    assert any(not torch.equal(x, y) for x, y in zip(plain.state_dict().values(), nets[1.0].state_dict().values()))
+
+
+def test_teacher_options_are_checked(trained, tmp_path):
+    from policy.train import TrainPolicyConfig, train_policy
+    from traffic_sim.cli_util import UserError
+
+    common = dict(preset="tiny", quiet=True, dataset=str(trained["dataset"]), out=str(tmp_path / "x"))
+    for cfg, message in ((dict(method="il", teacher_weight=1.0), "applies with --teacher"),
+                         (dict(method="teach", teacher_weight=1.0), "not to teach"),
+                         (dict(method="teach", collect_every=0), "--collect-every must be at least 1"),
+                         (dict(method="teach", separate_ego=True), "teach trains its network without a model"),
+                         (dict(method="il", teacher="follow", teacher_weight=-1.0), "at least 0")):
+        with pytest.raises(UserError, match=message):
+            train_policy(TrainPolicyConfig(**cfg, **common))
+    assert not (tmp_path / "x").exists()

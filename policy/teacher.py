@@ -1,0 +1,148 @@
+"""Imitation of a privileged driver in the states the policy drives into itself.
+
+``python run.py train-policy --method teach`` teaches the network of ``--separate-ego`` to
+copy the actions of a driver that reads the true state (``follow``, ``follow-merge``,
+``follow-evade``: :mod:`traffic_sim.follow`), in the states the network's own driving
+reaches: DAgger (Ross, Gordon and Bagnell 2011) with a privileged teacher (Chen et al.
+2019, "Learning by Cheating"). ``--teacher NAME`` adds the same imitation to the
+other methods' costs, weighted by ``--teacher-weight``.
+
+Every ``collect_every`` optimizer steps the policy drives ``episodes`` training episodes in
+the replay simulator (the first time the teacher drives and the policy only watches), the
+teacher says at every step what it would have done, and every step's window (20 frames,
+the states, the teacher's action) is kept for training: each collection adds to the
+ones before.
+
+A collection is kept in the checkpoint as the tracks it drove and the actions that drove
+them (float32, the precision the cars were driven with), not as images: on ``--resume``
+the simulator replays those actions, which gives back the same frames and labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from data.dataset import normalise_actions
+
+from .driver import Driver
+
+TEACHERS = ("follow", "follow-merge", "follow-evade")
+DEFAULT_TEACHER = "follow-evade"  # of --method teach: the best of them (README)
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The privileged teacher's settings in a preset (``train-policy --method teach`` and
+    ``--teacher``)."""
+
+    teacher: Optional[str] = None  # the driver imitated (None: none; --method teach: DEFAULT_TEACHER)
+    episodes: int = 192  # training episodes driven per collection
+    collect_every: int = 1500  # optimizer steps of --method teach between collections
+    steps: int = 12_000  # optimizer steps of --method teach
+    batch_size: int = 32  # imitation windows per step
+    weight: float = 1.0  # weight of the imitation loss beside another method's costs
+
+
+class TeacherData:
+    """The windows collected so far, with the teacher's normalised actions as labels."""
+
+    def __init__(self, scene, stats: dict, n_cond: int, teacher: str, seed: int, device="cpu"):
+        if teacher not in TEACHERS:
+            raise ValueError(f"unknown teacher {teacher!r} (have {', '.join(TEACHERS)})")
+        self.scene, self.stats, self.n_cond, self.teacher = scene, stats, n_cond, teacher
+        self.seed, self.device = seed, torch.device(device)
+        self.frames, self.states, self.labels = [], [], []
+        self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
+        self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
+        self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tracks_for(self, collection: int, n_episodes: int) -> np.ndarray:
+        """The training episodes of the ``collection``-th collection (sorted; by the seed)."""
+        train = self.scene.episodes["train"]
+        pick = np.random.default_rng([self.seed, 2, collection]).choice(
+            len(train), min(n_episodes, len(train)), replace=False)
+        return np.sort(train[pick])
+
+    def collect(self, n_episodes: int, act: Optional[Callable]) -> dict:
+        """Drive the next collection's episodes with ``act`` (a policy's ``(images, states,
+        car_size) -> normalised actions``), or with the teacher when ``act`` is None; keep
+        its windows; return the drive's success and collision rates."""
+        tracks = self.tracks_for(len(self.records), n_episodes)
+        return self._drive(tracks, act, None)
+
+    def replay(self, record: dict) -> None:
+        """Keep again the windows of a collection from a checkpoint, replaying its actions."""
+        self._drive(record["tracks"].numpy(), None, record["actions"].numpy(), bool(record["teacher_drives"]))
+        self.records.append(record)
+
+    def state(self) -> dict:
+        return {"records": self.records, "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state(self, state: dict) -> None:
+        for record in state["records"]:
+            self.replay(record)
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+    @torch.no_grad()
+    def _drive(self, tracks, act, replayed: Optional[np.ndarray], teacher_drives: Optional[bool] = None) -> dict:
+        from traffic_sim.sim import ReplaySimulator, builtin_actions
+
+        if teacher_drives is None:
+            teacher_drives = act is None
+        sim = ReplaySimulator(self.scene)
+        if act is None:  # the driver then only keeps the histories
+            def act(images, states, size):
+                return torch.zeros(len(images), 2)
+        driver = Driver(self.scene, act, self.stats, self.n_cond, self.device)
+        cars = sim.start(tracks)
+        driver.reset(cars.track)
+        obs = sim.observe(cars)
+        frames, states, labels, driven = [driver.images.cpu()], [driver.states.cpu()], [], []
+        while not cars.done.all():
+            student = driver(obs, cars.state_vector(), cars)
+            if labels:  # the driver appended what the cars see now (a copy: a view would
+                frames.append(driver.images[:, -1:].cpu().clone())  # keep all 20 frames alive)
+                states.append(driver.states[:, -1:].cpu().clone())
+            expert = builtin_actions(sim, cars, self.teacher).astype(np.float32)
+            labels.append(torch.from_numpy(normalise_actions(expert, self.stats)))
+            if replayed is not None:
+                actions = replayed[:, len(driven)]
+            else:
+                actions = expert if teacher_drives else student.astype(np.float32)
+            driven.append(actions)
+            obs = sim.step(cars, actions, observe=True)
+        if replayed is None:
+            self.records.append({"tracks": torch.from_numpy(np.asarray(tracks, dtype=np.int64)),
+                                 "teacher_drives": torch.tensor(teacher_drives),
+                                 "actions": torch.from_numpy(np.stack(driven, 1))})
+        self._add(torch.cat(frames, 1), torch.cat(states, 1), torch.stack(labels, 1), cars.steps)
+        return {"success": float(cars.success.mean()), "collision": float(cars.collision.mean())}
+
+    def _add(self, frames, states, labels, steps) -> None:
+        """Per car: its 20 + steps frames and states and its labels at every step."""
+        index = [self.index]
+        for f, s, a, n in zip(frames, states, labels, steps):
+            index.append(np.stack([np.full(n, len(self.frames)), np.arange(n)], 1))
+            extra = f.shape[0] - a.shape[0]  # the frames before the first step (the history)
+            self.frames.append(f[:extra + n].clone())
+            self.states.append(s[:extra + n].clone())
+            self.labels.append(a[:n].clone())
+        self.index = np.concatenate(index)
+
+    def batch(self, size: int):
+        """``size`` windows drawn uniformly: images (B, n_cond, 3, H, W) uint8, normalised
+        states (B, n_cond, 4) and the teacher's normalised actions (B, 2), on the device."""
+        n = self.n_cond
+        pick = self.index[self.rng.integers(len(self.index), size=size)]
+        images = torch.stack([self.frames[e][t:t + n] for e, t in pick])
+        states = torch.stack([self.states[e][t:t + n] for e, t in pick])
+        labels = torch.stack([self.labels[e][t] for e, t in pick])
+        return images.to(self.device), states.to(self.device), labels.to(self.device)
