@@ -46,18 +46,23 @@ class TeacherSettings:
     steps: int = 12_000  # optimizer steps of --method teach
     batch_size: int = 32  # imitation windows per step
     weight: float = 1.0  # weight of the imitation loss beside another method's costs
+    evade_share: float = 0.0  # share of each imitation batch drawn from the windows where the teacher evades
 
 
 class TeacherData:
     """The windows collected so far, with the teacher's normalised actions as labels."""
 
-    def __init__(self, scene, stats: dict, n_cond: int, teacher: str, seed: int, device="cpu"):
+    def __init__(self, scene, stats: dict, n_cond: int, teacher: str, seed: int, device="cpu",
+                 evade_share: float = 0.0):
         if teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {teacher!r} (have {', '.join(TEACHERS)})")
+        if not 0.0 <= evade_share <= 1.0:
+            raise ValueError(f"the share of evasions in a batch must be within [0, 1], got {evade_share}")
         self.scene, self.stats, self.n_cond, self.teacher = scene, stats, n_cond, teacher
-        self.seed, self.device = seed, torch.device(device)
+        self.seed, self.device, self.evade_share = seed, torch.device(device), evade_share
         self.frames, self.states, self.labels = [], [], []
         self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
+        self.evading = np.zeros(0, dtype=bool)  # per window: the teacher's evasion changed its action
         self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
         self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
 
@@ -105,7 +110,7 @@ class TeacherData:
         cars = sim.start(tracks)
         driver.reset(cars.track)
         obs = sim.observe(cars)
-        frames, states, labels, driven = [driver.images.cpu()], [driver.states.cpu()], [], []
+        frames, states, labels, driven, evading = [driver.images.cpu()], [driver.states.cpu()], [], [], []
         while not cars.done.all():
             student = driver(obs, cars.state_vector(), cars)
             if labels:  # the driver appended what the cars see now (a copy: a view would
@@ -113,6 +118,7 @@ class TeacherData:
                 states.append(driver.states[:, -1:].cpu().clone())
             expert = builtin_actions(sim, cars, self.teacher).astype(np.float32)
             labels.append(torch.from_numpy(normalise_actions(expert, self.stats)))
+            evading.append(self._evading(sim, cars, expert))
             if replayed is not None:
                 actions = replayed[:, len(driven)]
             else:
@@ -123,25 +129,43 @@ class TeacherData:
             self.records.append({"tracks": torch.from_numpy(np.asarray(tracks, dtype=np.int64)),
                                  "teacher_drives": torch.tensor(teacher_drives),
                                  "actions": torch.from_numpy(np.stack(driven, 1))})
-        self._add(torch.cat(frames, 1), torch.cat(states, 1), torch.stack(labels, 1), cars.steps)
+        self._add(torch.cat(frames, 1), torch.cat(states, 1), torch.stack(labels, 1), np.stack(evading, 1), cars.steps)
         return {"success": float(cars.success.mean()), "collision": float(cars.collision.mean())}
 
-    def _add(self, frames, states, labels, steps) -> None:
+    def _evading(self, sim, cars, expert: np.ndarray) -> np.ndarray:
+        """(N,) whether the teacher's evasion made its acceleration differ from its car
+        following (only ``follow-evade`` evades)."""
+        if self.teacher != "follow-evade":
+            return np.zeros(len(expert), dtype=bool)
+        from traffic_sim.follow import EVADE_IDM, follow_actions
+
+        plain = follow_actions(sim, cars, merge=True, idm=EVADE_IDM).astype(np.float32)
+        return np.abs(expert[:, 0] - plain[:, 0]) > 1e-4
+
+    def _add(self, frames, states, labels, evading, steps) -> None:
         """Per car: its 20 + steps frames and states and its labels at every step."""
-        index = [self.index]
-        for f, s, a, n in zip(frames, states, labels, steps):
+        index, marks = [self.index], [self.evading]
+        for f, s, a, e, n in zip(frames, states, labels, evading, steps):
             index.append(np.stack([np.full(n, len(self.frames)), np.arange(n)], 1))
+            marks.append(e[:n])
             extra = f.shape[0] - a.shape[0]  # the frames before the first step (the history)
             self.frames.append(f[:extra + n].clone())
             self.states.append(s[:extra + n].clone())
             self.labels.append(a[:n].clone())
-        self.index = np.concatenate(index)
+        self.index, self.evading = np.concatenate(index), np.concatenate(marks)
 
     def batch(self, size: int):
-        """``size`` windows drawn uniformly: images (B, n_cond, 3, H, W) uint8, normalised
-        states (B, n_cond, 4) and the teacher's normalised actions (B, 2), on the device."""
+        """``size`` windows: images (B, n_cond, 3, H, W) uint8, normalised states (B, n_cond,
+        4) and the teacher's normalised actions (B, 2), on the device. They are drawn
+        uniformly, except that ``evade_share`` of them (rounded) are drawn from the windows
+        where the teacher evades, when there are any."""
         n = self.n_cond
-        pick = self.index[self.rng.integers(len(self.index), size=size)]
+        marked = np.flatnonzero(self.evading) if self.evade_share > 0 else np.zeros(0, dtype=np.int64)
+        k = int(round(self.evade_share * size)) if len(marked) else 0
+        rows = self.rng.integers(len(self.index), size=size - k)
+        if k:
+            rows = np.concatenate([marked[self.rng.integers(len(marked), size=k)], rows])
+        pick = self.index[rows]
         images = torch.stack([self.frames[e][t:t + n] for e, t in pick])
         states = torch.stack([self.states[e][t:t + n] for e, t in pick])
         labels = torch.stack([self.labels[e][t] for e, t in pick])

@@ -275,6 +275,10 @@ class TrainPolicyConfig:
     collect_every: Optional[int] = doc(
         "with teach or --teacher: optimizer steps between collections; the first, at step 0, is driven by the "
         "teacher (default: teach 1,500, the others every validation)", None)
+    evade_share: Optional[float] = doc(
+        "with teach or --teacher follow-evade: share of each imitation batch drawn from the windows where the "
+        "teacher evades (its acceleration differs from its car following: a vehicle closing in from behind or "
+        "from the side), which are rare (default: the preset's, 0: uniform)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -616,7 +620,8 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
     t = preset.teacher
     if cfg.teacher is not None:
         t = dataclasses.replace(t, teacher=cfg.teacher)
-    given = [f"--{name.replace('_', '-')}" for name in ("teacher_weight", "teacher_episodes", "collect_every")
+    given = [f"--{name.replace('_', '-')}" for name in ("teacher_weight", "teacher_episodes", "collect_every",
+                                                          "evade_share")
              if getattr(cfg, name) is not None]
     if given and t.teacher is None:
         raise UserError(f"{', '.join(given)} applies with --teacher or --method teach")
@@ -631,6 +636,10 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
         t = dataclasses.replace(t, weight=cfg.teacher_weight)
     if cfg.teacher_episodes is not None:
         t = dataclasses.replace(t, episodes=cfg.teacher_episodes)
+    if cfg.evade_share is not None:
+        if not 0.0 <= cfg.evade_share <= 1.0:
+            raise UserError(f"--evade-share must be within [0, 1], got {cfg.evade_share}")
+        t = dataclasses.replace(t, evade_share=cfg.evade_share)
     if cfg.method == "teach":
         t = dataclasses.replace(t, collect_every=cfg.collect_every or t.collect_every)
         return dataclasses.replace(preset, teacher=t, val_every=t.collect_every)
@@ -873,7 +882,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     teacher_data = None  # the windows the privileged teacher labelled
     if teacher.teacher is not None:
         scene = validation.scene if validation is not None else dataset_scene(dataset)
-        teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device)
+        teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device, teacher.evade_share)
     collected = {}  # the last collection's outcome, for the next log row
 
     progress, best = Progress(), None
@@ -923,7 +932,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
             tqdm.write(f"step {progress.step}: {'the teacher' if first else 'the policy'} drove {teacher.episodes} "
                        f"episodes ({outcome['success']:.0%} success); {len(teacher_data):,} windows labelled "
-                       f"by {teacher.teacher}")
+                       f"by {teacher.teacher}, {int(teacher_data.evading.sum()):,} of them evading")
 
     def imitation_loss():
         size = preset.batch_size if cfg.method == "teach" else teacher.batch_size

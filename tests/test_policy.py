@@ -1296,6 +1296,33 @@ def test_the_teachers_windows_are_what_the_simulator_showed_with_the_teachers_ac
     assert images.shape == (8, 20, 3, IMAGE_H, IMAGE_W) and st.shape == (8, 20, 4) and target.shape == (8, 2)
 
 
+def test_the_windows_where_the_teacher_evades_are_marked_and_drawn_at_their_share(trained):
+    """follow-evade's evasion sets the acceleration to the upper limit (from behind) or to half
+    the braking limit (alongside, ahead), which its car following (at most 1 m/s^2) does not
+    command: the windows marked as evading are those with one of these two labels, and with
+    ``evade_share`` 0.5 half of each batch comes from them."""
+    from data.dataset import Dataset, denormalise_actions
+    from policy.teacher import TeacherData
+    from policy.train import dataset_scene
+    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM
+
+    ds = Dataset.open(trained["dataset"])
+    stats = {k: v.tolist() for k, v in ds.stats.items()}
+    data = TeacherData(dataset_scene(ds), stats, 20, "follow-evade", seed=0, evade_share=0.5)
+    data.collect(12, None)
+    assert EVADE_IDM.acc_max < ACC_LIMITS[1]
+    acc = denormalise_actions(torch.cat(data.labels).numpy(), stats)[:, 0]
+    evasion = np.isclose(acc, ACC_LIMITS[1], atol=1e-4) | np.isclose(acc, 0.5 * ACC_LIMITS[0], atol=1e-4)
+    assert 0 < data.evading.sum() < len(data)
+    np.testing.assert_array_equal(data.evading, evasion)
+    for _ in range(3):
+        target = denormalise_actions(data.batch(8)[2].numpy(), stats)[:, 0]
+        assert np.all(np.isclose(target[:4], ACC_LIMITS[1], atol=1e-4) | np.isclose(target[:4], 0.5 * ACC_LIMITS[0],
+                                                                                     atol=1e-4))
+    with pytest.raises(ValueError, match="within"):
+        TeacherData(dataset_scene(ds), stats, 20, "follow-evade", seed=0, evade_share=1.5)
+
+
 def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
     """--method teach collects at steps 0 (the teacher drives), 10 and 20 (the policy
     drives) on the tiny preset; stopped at step 15 and resumed, it replays the two
@@ -1355,7 +1382,9 @@ def test_teacher_options_are_checked(trained, tmp_path):
                          (dict(method="teach", teacher_weight=1.0), "not to teach"),
                          (dict(method="teach", collect_every=0), "--collect-every must be at least 1"),
                          (dict(method="teach", separate_ego=True), "teach trains its network without a model"),
-                         (dict(method="il", teacher="follow", teacher_weight=-1.0), "at least 0")):
+                         (dict(method="il", teacher="follow", teacher_weight=-1.0), "at least 0"),
+                         (dict(method="il", evade_share=0.5), "applies with --teacher"),
+                         (dict(method="teach", evade_share=-0.1), "--evade-share must be within")):
         with pytest.raises(UserError, match=message):
             train_policy(TrainPolicyConfig(**cfg, **common))
     assert not (tmp_path / "x").exists()
