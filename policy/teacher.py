@@ -46,7 +46,7 @@ class TeacherSettings:
     steps: int = 12_000  # optimizer steps of --method teach
     batch_size: int = 32  # imitation windows per step
     weight: float = 1.0  # weight of the imitation loss beside another method's costs
-    evade_share: float = 0.0  # share of each imitation batch drawn from the windows where the teacher evades
+    evade_share: float = 0.25  # share of each imitation batch drawn from the windows where the teacher evades
 
 
 class TeacherData:

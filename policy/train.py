@@ -278,7 +278,7 @@ class TrainPolicyConfig:
     evade_share: Optional[float] = doc(
         "with teach or --teacher follow-evade: share of each imitation batch drawn from the windows where the "
         "teacher evades (its acceleration differs from its car following: a vehicle closing in from behind or "
-        "from the side), which are rare (default: the preset's, 0: uniform)", None)
+        "from the side), about 0.5%% of them (default: the preset's, 0.25; 0: uniform)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
