@@ -11,7 +11,8 @@ Every ``collect_every`` optimizer steps the policy drives ``episodes`` training 
 the replay simulator (the first time the teacher drives and the policy only watches), the
 teacher says at every step what it would have done, and every step's window (20 frames,
 the states, the teacher's action) is kept for training: each collection adds to the
-ones before.
+ones before. ``follow-evade`` evades (a vehicle closing in from behind or from the side) in
+about 0.5% of the windows; a share of each batch (``evade_share``) is drawn from those.
 
 A collection is kept in the checkpoint as the tracks it drove and the actions that drove
 them (float32, the precision the cars were driven with), not as images: on ``--resume``

@@ -1326,14 +1326,15 @@ def test_the_windows_where_the_teacher_evades_are_marked_and_drawn_at_their_shar
 def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
     """--method teach collects at steps 0 (the teacher drives), 10 and 20 (the policy
     drives) on the tiny preset; stopped at step 15 and resumed, it replays the two
-    collections it had and ends with the same weights as without a stop."""
+    collections it had and ends with the same weights as without a stop (with follow-evade's
+    evasions drawn at their share of each batch)."""
     import csv
 
     from policy.driver import load_policy
     from policy.train import TrainPolicyConfig, train_policy
 
     common = dict(method="teach", preset="tiny", quiet=True, dataset=str(trained["dataset"]), val_episodes=0,
-                  teacher="follow-merge")
+                  teacher="follow-evade")
     full = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=25, **common))
     part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=15, **common))
     train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=25, resume=True, **common))
@@ -1344,7 +1345,8 @@ def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
     assert [bool(r["teacher_drives"]) for r in records] == [True, False, False]
     for r, q in zip(records, cb["teacher"]["records"]):
         assert torch.equal(r["actions"], q["actions"])
-    assert ca["method"] == "teach" and ca["preset"]["teacher"]["teacher"] == "follow-merge"
+    assert ca["method"] == "teach" and ca["preset"]["teacher"]["teacher"] == "follow-evade"
+    assert ca["preset"]["teacher"]["evade_share"] == 0.25
     assert ca["model_path"] is None and a.config.n_states == 1  # the network of --separate-ego
     rows = list(csv.DictReader(open(full / "log.csv")))
     assert [r["step"] for r in rows if r["windows"]] == ["10", "20", "25"]  # logged after each collection
