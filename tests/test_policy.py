@@ -1330,8 +1330,10 @@ def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
     evasions drawn at their share of each batch)."""
     import csv
 
+    from data.dataset import Dataset
     from policy.driver import load_policy
-    from policy.train import TrainPolicyConfig, train_policy
+    from policy.teacher import TeacherData
+    from policy.train import TrainPolicyConfig, dataset_scene, train_policy
 
     common = dict(method="teach", preset="tiny", quiet=True, dataset=str(trained["dataset"]), val_episodes=0,
                   teacher="follow-evade")
@@ -1347,6 +1349,10 @@ def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
         assert torch.equal(r["actions"], q["actions"])
     assert ca["method"] == "teach" and ca["preset"]["teacher"]["teacher"] == "follow-evade"
     assert ca["preset"]["teacher"]["evade_share"] == 0.25
+    ds = Dataset.open(trained["dataset"])
+    replayed = TeacherData(dataset_scene(ds), {k: v.tolist() for k, v in ds.stats.items()}, 20, "follow-evade", 0)
+    replayed.load_state(ca["teacher"])
+    assert replayed.evading.any()  # the share was drawn
     assert ca["model_path"] is None and a.config.n_states == 1  # the network of --separate-ego
     rows = list(csv.DictReader(open(full / "log.csv")))
     assert [r["step"] for r in rows if r["windows"]] == ["10", "20", "25"]  # logged after each collection
