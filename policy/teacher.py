@@ -64,6 +64,7 @@ class TeacherData:
         self.frames, self.states, self.labels = [], [], []
         self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
         self.evading = np.zeros(0, dtype=bool)  # per window: the teacher's evasion changed its action
+        self.marked = np.zeros(0, dtype=np.int64)  # the windows where it did
         self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
         self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
 
@@ -154,6 +155,7 @@ class TeacherData:
             self.states.append(s[:extra + n].clone())
             self.labels.append(a[:n].clone())
         self.index, self.evading = np.concatenate(index), np.concatenate(marks)
+        self.marked = np.flatnonzero(self.evading)
 
     def batch(self, size: int):
         """``size`` windows: images (B, n_cond, 3, H, W) uint8, normalised states (B, n_cond,
@@ -161,11 +163,10 @@ class TeacherData:
         uniformly, except that ``evade_share`` of them (rounded) are drawn from the windows
         where the teacher evades, when there are any."""
         n = self.n_cond
-        marked = np.flatnonzero(self.evading) if self.evade_share > 0 else np.zeros(0, dtype=np.int64)
-        k = int(round(self.evade_share * size)) if len(marked) else 0
+        k = int(round(self.evade_share * size)) if len(self.marked) else 0
         rows = self.rng.integers(len(self.index), size=size - k)
         if k:
-            rows = np.concatenate([marked[self.rng.integers(len(marked), size=k)], rows])
+            rows = np.concatenate([self.marked[self.rng.integers(len(self.marked), size=k)], rows])
         pick = self.index[rows]
         images = torch.stack([self.frames[e][t:t + n] for e, t in pick])
         states = torch.stack([self.states[e][t:t + n] for e, t in pick])

@@ -932,7 +932,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
             tqdm.write(f"step {progress.step}: {'the teacher' if first else 'the policy'} drove {teacher.episodes} "
                        f"episodes ({outcome['success']:.0%} success); {len(teacher_data):,} windows labelled "
-                       f"by {teacher.teacher}, {int(teacher_data.evading.sum()):,} of them evading")
+                       f"by {teacher.teacher}, {len(teacher_data.marked):,} of them evading")
 
     def imitation_loss():
         size = preset.batch_size if cfg.method == "teach" else teacher.batch_size
