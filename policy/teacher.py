@@ -12,7 +12,9 @@ the replay simulator (the first time the teacher drives and the policy only watc
 teacher says at every step what it would have done, and every step's window (20 frames,
 the states, the teacher's action) is kept for training: each collection adds to the
 ones before. ``follow-evade`` evades (a vehicle closing in from behind or from the side) in
-about 0.5% of the windows; a share of each batch (``evade_share``) is drawn from those.
+about 0.5% of the windows; a share of each batch (``evade_share``) is drawn from those. The
+windows whose car drives in a lane that ends (an on-ramp: the teacher merges out of it) are
+a few percent of them; ``merge_share`` of each batch is drawn from those.
 
 A collection is kept in the checkpoint as the tracks it drove and the actions that drove
 them (float32, the precision the cars were driven with), not as images: on ``--resume``
@@ -48,23 +50,28 @@ class TeacherSettings:
     batch_size: int = 32  # imitation windows per step
     weight: float = 1.0  # weight of the imitation loss beside another method's costs
     evade_share: float = 0.25  # share of each imitation batch drawn from the windows where the teacher evades
+    merge_share: float = 0.0  # share drawn from the windows whose car drives in a lane that ends
 
 
 class TeacherData:
     """The windows collected so far, with the teacher's normalised actions as labels."""
 
     def __init__(self, scene, stats: dict, n_cond: int, teacher: str, seed: int, device="cpu",
-                 evade_share: float = 0.0):
+                 evade_share: float = 0.0, merge_share: float = 0.0):
         if teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {teacher!r} (have {', '.join(TEACHERS)})")
-        if not 0.0 <= evade_share <= 1.0:
-            raise ValueError(f"the share of evasions in a batch must be within [0, 1], got {evade_share}")
+        if not (0.0 <= evade_share <= 1.0 and 0.0 <= merge_share <= 1.0 and evade_share + merge_share <= 1.0):
+            raise ValueError(f"the shares of evasions and merges in a batch must be within [0, 1] and add up to "
+                             f"at most 1, got {evade_share} and {merge_share}")
         self.scene, self.stats, self.n_cond, self.teacher = scene, stats, n_cond, teacher
-        self.seed, self.device, self.evade_share = seed, torch.device(device), evade_share
+        self.seed, self.device = seed, torch.device(device)
+        self.evade_share, self.merge_share = evade_share, merge_share
         self.frames, self.states, self.labels = [], [], []
         self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
         self.evading = np.zeros(0, dtype=bool)  # per window: the teacher's evasion changed its action
-        self.marked = np.zeros(0, dtype=np.int64)  # the windows where it did
+        self.merging = np.zeros(0, dtype=bool)  # per window: its car drives in a lane that ends
+        self.marked = np.zeros(0, dtype=np.int64)  # the windows where the teacher evades
+        self.merges = np.zeros(0, dtype=np.int64)  # the windows in a lane that ends
         self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
         self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
 
@@ -112,7 +119,8 @@ class TeacherData:
         cars = sim.start(tracks)
         driver.reset(cars.track)
         obs = sim.observe(cars)
-        frames, states, labels, driven, evading = [driver.images.cpu()], [driver.states.cpu()], [], [], []
+        frames, states, labels, driven = [driver.images.cpu()], [driver.states.cpu()], [], []
+        evading, merging = [], []
         while not cars.done.all():
             student = driver(obs, cars.state_vector(), cars)
             if labels:  # the driver appended what the cars see now (a copy: a view would
@@ -121,6 +129,7 @@ class TeacherData:
             expert = builtin_actions(sim, cars, self.teacher).astype(np.float32)
             labels.append(torch.from_numpy(normalise_actions(expert, self.stats)))
             evading.append(self._evading(sim, cars, expert))
+            merging.append(np.isfinite(self.scene.road.to_lane_end(cars.center_x, cars.center_y)))
             if replayed is not None:
                 actions = replayed[:, len(driven)]
             else:
@@ -131,7 +140,8 @@ class TeacherData:
             self.records.append({"tracks": torch.from_numpy(np.asarray(tracks, dtype=np.int64)),
                                  "teacher_drives": torch.tensor(teacher_drives),
                                  "actions": torch.from_numpy(np.stack(driven, 1))})
-        self._add(torch.cat(frames, 1), torch.cat(states, 1), torch.stack(labels, 1), np.stack(evading, 1), cars.steps)
+        self._add(torch.cat(frames, 1), torch.cat(states, 1), torch.stack(labels, 1), np.stack(evading, 1),
+                  np.stack(merging, 1), cars.steps)
         return {"success": float(cars.success.mean()), "collision": float(cars.collision.mean())}
 
     def _evading(self, sim, cars, expert: np.ndarray) -> np.ndarray:
@@ -144,31 +154,37 @@ class TeacherData:
         plain = follow_actions(sim, cars, merge=True, idm=EVADE_IDM).astype(np.float32)
         return np.abs(expert[:, 0] - plain[:, 0]) > 1e-4
 
-    def _add(self, frames, states, labels, evading, steps) -> None:
+    def _add(self, frames, states, labels, evading, merging, steps) -> None:
         """Per car: its 20 + steps frames and states and its labels at every step."""
-        index, marks = [self.index], [self.evading]
-        for f, s, a, e, n in zip(frames, states, labels, evading, steps):
+        index, marks, ends = [self.index], [self.evading], [self.merging]
+        for f, s, a, e, m, n in zip(frames, states, labels, evading, merging, steps):
             index.append(np.stack([np.full(n, len(self.frames)), np.arange(n)], 1))
             marks.append(e[:n])
+            ends.append(m[:n])
             extra = f.shape[0] - a.shape[0]  # the frames before the first step (the history)
             self.frames.append(f[:extra + n].clone())
             self.states.append(s[:extra + n].clone())
             self.labels.append(a[:n].clone())
-        self.index, self.evading = np.concatenate(index), np.concatenate(marks)
-        self.marked = np.flatnonzero(self.evading)
+        self.index, self.evading, self.merging = np.concatenate(index), np.concatenate(marks), np.concatenate(ends)
+        self.marked, self.merges = np.flatnonzero(self.evading), np.flatnonzero(self.merging)
 
     def batch(self, size: int):
         """``size`` windows: images (B, n_cond, 3, H, W) uint8, normalised states (B, n_cond,
         4) and the teacher's normalised actions (B, 2), on the device. They are drawn
         uniformly, except that ``evade_share`` of them (rounded) are drawn from the windows
-        where the teacher evades, when there are any."""
+        where the teacher evades and ``merge_share`` from those in a lane that ends, when
+        there are any."""
         n = self.n_cond
-        k = int(round(self.evade_share * size)) if len(self.marked) else 0
-        rows = self.rng.integers(len(self.index), size=size - k)
-        if k:
-            rows = np.concatenate([self.marked[self.rng.integers(len(self.marked), size=k)], rows])
-        pick = self.index[rows]
+        pick = self.index[self.rows(size)]
         images = torch.stack([self.frames[e][t:t + n] for e, t in pick])
         states = torch.stack([self.states[e][t:t + n] for e, t in pick])
         labels = torch.stack([self.labels[e][t] for e, t in pick])
         return images.to(self.device), states.to(self.device), labels.to(self.device)
+
+    def rows(self, size: int) -> np.ndarray:
+        """The windows of a batch of ``size`` (see :meth:`batch`): first those drawn among the
+        evasions, then among the merges, then the uniform ones."""
+        marks = [(int(round(share * size)) if len(among) else 0, among)
+                 for share, among in ((self.evade_share, self.marked), (self.merge_share, self.merges))]
+        uniform = self.rng.integers(len(self.index), size=size - sum(k for k, _ in marks))
+        return np.concatenate([among[self.rng.integers(len(among), size=k)] for k, among in marks if k] + [uniform])

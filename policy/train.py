@@ -279,6 +279,9 @@ class TrainPolicyConfig:
         "with teach or --teacher follow-evade: share of each imitation batch drawn from the windows where the "
         "teacher evades (its acceleration differs from its car following: a vehicle closing in from behind or "
         "from the side), about 0.5%% of them (default: the preset's, 0.25; 0: uniform)", None)
+    merge_share: Optional[float] = doc(
+        "with teach or --teacher: share of each imitation batch drawn from the windows whose car drives in a "
+        "lane that ends (an on-ramp, which the teacher merges out of; default: the preset's, 0: uniform)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -621,7 +624,7 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
     if cfg.teacher is not None:
         t = dataclasses.replace(t, teacher=cfg.teacher)
     given = [f"--{name.replace('_', '-')}" for name in ("teacher_weight", "teacher_episodes", "collect_every",
-                                                          "evade_share")
+                                                          "evade_share", "merge_share")
              if getattr(cfg, name) is not None]
     if given and t.teacher is None:
         raise UserError(f"{', '.join(given)} applies with --teacher or --method teach")
@@ -640,6 +643,13 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
         if not 0.0 <= cfg.evade_share <= 1.0:
             raise UserError(f"--evade-share must be within [0, 1], got {cfg.evade_share}")
         t = dataclasses.replace(t, evade_share=cfg.evade_share)
+    if cfg.merge_share is not None:
+        if not 0.0 <= cfg.merge_share <= 1.0:
+            raise UserError(f"--merge-share must be within [0, 1], got {cfg.merge_share}")
+        t = dataclasses.replace(t, merge_share=cfg.merge_share)
+    if t.evade_share + t.merge_share > 1.0:
+        raise UserError(f"--evade-share and --merge-share must add up to at most 1, got {t.evade_share} and "
+                        f"{t.merge_share}")
     if cfg.method == "teach":
         t = dataclasses.replace(t, collect_every=cfg.collect_every or t.collect_every)
         return dataclasses.replace(preset, teacher=t, val_every=t.collect_every)
@@ -882,7 +892,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     teacher_data = None  # the windows the privileged teacher labelled
     if teacher.teacher is not None:
         scene = validation.scene if validation is not None else dataset_scene(dataset)
-        teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device, teacher.evade_share)
+        teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device, teacher.evade_share,
+                                   teacher.merge_share)
     collected = {}  # the last collection's outcome, for the next log row
 
     progress, best = Progress(), None
@@ -932,7 +943,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
 
             tqdm.write(f"step {progress.step}: {'the teacher' if first else 'the policy'} drove {teacher.episodes} "
                        f"episodes ({outcome['success']:.0%} success); {len(teacher_data):,} windows labelled "
-                       f"by {teacher.teacher}, {len(teacher_data.marked):,} of them evading")
+                       f"by {teacher.teacher}, {len(teacher_data.marked):,} of them evading, "
+                       f"{len(teacher_data.merges):,} in a lane that ends")
 
     def imitation_loss():
         size = preset.batch_size if cfg.method == "teach" else teacher.batch_size

@@ -1323,6 +1323,43 @@ def test_the_windows_where_the_teacher_evades_are_marked_and_drawn_at_their_shar
         TeacherData(dataset_scene(ds), stats, 20, "follow-evade", seed=0, evade_share=1.5)
 
 
+def test_the_windows_in_a_lane_that_ends_are_marked_and_drawn_at_their_share(trained):
+    """The windows marked as merging are, in each episode, its first steps when its car
+    starts in the on-ramp (the lane that ends, beside the lane it merges into) and none
+    otherwise: the teacher merges out and does not come back. A batch draws its evasions
+    first, then its merges, at their shares."""
+    from data.dataset import Dataset
+    from policy.teacher import TeacherData
+    from policy.train import dataset_scene
+    from traffic_sim.follow import merge_targets
+    from traffic_sim.sim import ReplaySimulator
+
+    ds = Dataset.open(trained["dataset"])
+    stats = {k: v.tolist() for k, v in ds.stats.items()}
+    scene = dataset_scene(ds)
+    train = scene.episodes["train"]
+    cars = ReplaySimulator(scene).start(train)
+    ramp = np.isin(scene.road.lane_at(cars.center_x, cars.center_y), list(merge_targets(scene.road)))
+    assert 0 < ramp.sum() < len(train)
+    tracks = np.sort(np.concatenate([train[ramp][:4], train[~ramp][:4]]))
+    data = TeacherData(scene, stats, 20, "follow-evade", seed=0, evade_share=0.25, merge_share=0.5)
+    data.tracks_for = lambda collection, n: tracks
+    data.collect(len(tracks), None)
+    starts_on_ramp = np.isin(tracks, train[ramp])
+    for e in range(len(tracks)):
+        marks = data.merging[data.index[:, 0] == e]
+        assert marks[0] == starts_on_ramp[e]
+        np.testing.assert_array_equal(marks, np.arange(len(marks)) < marks.sum())  # a first run of steps
+        if starts_on_ramp[e]:
+            assert not marks[-1]  # it merged out
+    assert len(data.marked)
+    for _ in range(3):
+        rows = data.rows(8)
+        assert data.evading[rows[:2]].all() and data.merging[rows[2:6]].all()
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        TeacherData(scene, stats, 20, "follow-evade", seed=0, evade_share=0.5, merge_share=0.6)
+
+
 def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
     """--method teach collects at steps 0 (the teacher drives), 10 and 20 (the policy
     drives) on the tiny preset; stopped at step 15 and resumed, it replays the two
@@ -1392,7 +1429,9 @@ def test_teacher_options_are_checked(trained, tmp_path):
                          (dict(method="teach", separate_ego=True), "teach trains its network without a model"),
                          (dict(method="il", teacher="follow", teacher_weight=-1.0), "at least 0"),
                          (dict(method="il", evade_share=0.5), "applies with --teacher"),
-                         (dict(method="teach", evade_share=-0.1), "--evade-share must be within")):
+                         (dict(method="teach", evade_share=-0.1), "--evade-share must be within"),
+                         (dict(method="teach", merge_share=1.5), "--merge-share must be within"),
+                         (dict(method="teach", evade_share=0.5, merge_share=0.6), "add up to at most 1")):
         with pytest.raises(UserError, match=message):
             train_policy(TrainPolicyConfig(**cfg, **common))
     assert not (tmp_path / "x").exists()
