@@ -13,7 +13,8 @@ The action is bounded softly, ``bound * tanh(raw / bound)`` in normalised units 
 standard deviations of the expert's actions): an unroll through the forward model must not
 ask it for actions far outside what it was trained on. The last layer starts at zero, so an
 untrained policy outputs the mean expert action. ``brake_bound`` bounds a negative
-acceleration apart (a car brakes harder than it accelerates).
+acceleration apart (a car brakes harder than it accelerates), ``steer_bound`` the steering
+(a curvature: a car that creeps must turn sharply to change lanes within a few metres).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PolicyConfig:
     action_bound: float = 3.0  # soft bound of the normalised action
     n_states: int = 20  # most recent states the policy sees (at most n_cond)
     brake_bound: Optional[float] = None  # soft bound of a negative acceleration (None: action_bound)
+    steer_bound: Optional[float] = None  # soft bound of the steering (None: action_bound)
 
     @staticmethod
     def from_dict(d: dict) -> "PolicyConfig":
@@ -76,10 +78,9 @@ class PolicyNet(nn.Module):
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
         raw = self.head(h).float()
         bound = self.config.action_bound
-        action = bound * torch.tanh(raw / bound)
-        brake = self.config.brake_bound
-        if brake is not None and brake != bound:  # braking bounded apart: the bound's slope is 1 at 0
-            acc = raw[:, 0]
-            action = torch.stack([torch.where(acc < 0, brake * torch.tanh(acc / brake), action[:, 0]),
-                                  action[:, 1]], 1)
-        return action
+        acc, steer = raw[:, 0], raw[:, 1]
+        brake = self.config.brake_bound or bound
+        turn = self.config.steer_bound or bound
+        # each bound's slope is 1 at 0: near 0 the action is the raw output
+        acc = torch.where(acc < 0, brake * torch.tanh(acc / brake), bound * torch.tanh(acc / bound))
+        return torch.stack([acc, turn * torch.tanh(steer / turn)], 1)

@@ -74,6 +74,7 @@ class SeparatedSettings:
     rear_weight: float = 1.0  # see PolicyPreset.rear_weight
     action_bound: Optional[float] = None  # the policy's soft action bound (None: the preset's)
     brake_bound: Optional[float] = None  # its soft bound of braking (None: the action bound)
+    steer_bound: Optional[float] = None  # its soft bound of the steering (None: the action bound)
     lr_decay: bool = False  # see PolicyPreset.lr_decay
     prox_reach: Optional[float] = None  # [m] see PolicyPreset.prox_reach (None: the preset's)
 
@@ -219,6 +220,10 @@ class TrainPolicyConfig:
     brake_bound: Optional[float] = doc(
         "the soft bound of a negative acceleration (braking), in standard deviations of the expert's "
         "accelerations (default: the preset's; none: the action bound)", None)
+    steer_bound: Optional[float] = doc(
+        "the soft bound of the steering (a curvature), in standard deviations of the expert's steering "
+        "(default: the preset's; none: the action bound; 3 is an 83 m turning radius, so a car that "
+        "creeps needs more than 30 m to change lanes)", None)
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
@@ -298,7 +303,7 @@ def with_separated(preset: PolicyPreset) -> PolicyPreset:
                                steps=s.steps if s.steps is not None else preset.steps,
                                policy=dataclasses.replace(preset.policy, n_states=s.n_states,
                                                           action_bound=s.action_bound or preset.policy.action_bound,
-                                                          brake_bound=s.brake_bound))
+                                                          brake_bound=s.brake_bound, steer_bound=s.steer_bound))
 
 
 def for_teaching(preset: PolicyPreset) -> PolicyPreset:
@@ -465,8 +470,10 @@ def within_bounds(actions: torch.Tensor, config) -> torch.Tensor:
     speed) hundreds of standard deviations out, which would otherwise dominate the squared
     error."""
     bound = config.action_bound
-    low = torch.tensor([-(config.brake_bound or bound), -bound], device=actions.device, dtype=actions.dtype)
-    return torch.maximum(actions.clamp(max=bound), low)
+    turn = config.steer_bound or bound
+    low = torch.tensor([-(config.brake_bound or bound), -turn], device=actions.device, dtype=actions.dtype)
+    return torch.maximum(torch.minimum(actions, torch.tensor([bound, turn], device=actions.device,
+                                                             dtype=actions.dtype)), low)
 
 
 def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyPreset,
@@ -699,6 +706,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not cfg.brake_bound > 0:
             raise UserError(f"--brake-bound must be positive, got {cfg.brake_bound}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, brake_bound=cfg.brake_bound))
+    if cfg.steer_bound is not None:
+        if not cfg.steer_bound > 0:
+            raise UserError(f"--steer-bound must be positive, got {cfg.steer_bound}")
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, steer_bound=cfg.steer_bound))
     if cfg.horizon is not None:
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")

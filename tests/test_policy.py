@@ -3,6 +3,7 @@ cost, tiny end-to-end training of every method, evaluation and the viewer with a
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -1002,7 +1003,9 @@ def test_mpur_on_a_deterministic_model_when_asked_for(trained, tmp_path):
                                        model=str(trained["deterministic"]), out=str(tmp_path / "s")))
 
 
-def test_braking_is_bounded_apart():
+def test_braking_and_steering_are_bounded_apart():
+    from policy.train import within_bounds
+
     torch.manual_seed(0)
     cfg = PolicyConfig(n_cond=2, n_feature=8, n_hidden=16, action_bound=3.0, brake_bound=8.0)
     net = PolicyNet(cfg)
@@ -1017,6 +1020,18 @@ def test_braking_is_bounded_apart():
         net.head[-1].bias.copy_(torch.tensor([-0.01, 0.01]))
     assert net(torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), torch.randn(1, 2, 4))[0].tolist() == \
         pytest.approx([-0.01, 0.01], abs=1e-6)
+    # the steering bounded apart: up to 30 standard deviations either way, the acceleration's bounds kept
+    steer = PolicyNet(PolicyConfig(n_cond=2, n_feature=8, n_hidden=16, action_bound=3.0, brake_bound=8.0,
+                                   steer_bound=30.0))
+    for bias, want in (([-1000.0, -1000.0], [-8.0, -30.0]), ([1000.0, 1000.0], [3.0, 30.0]),
+                       ([0.0, 15.0], [0.0, 30.0 * math.tanh(0.5)])):
+        with torch.no_grad():
+            steer.head[-1].bias.copy_(torch.tensor(bias))
+        assert steer(torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), torch.randn(1, 2, 4))[0].tolist() == pytest.approx(want)
+    # imitation targets are clipped to what each network can output
+    targets = torch.tensor([[-20.0, -270.0], [5.0, 12.0], [-1.0, 2.0]])
+    assert within_bounds(targets, cfg).tolist() == [[-8.0, -3.0], [3.0, 3.0], [-1.0, 2.0]]
+    assert within_bounds(targets, steer.config).tolist() == [[-8.0, -30.0], [3.0, 12.0], [-1.0, 2.0]]
 
 
 def test_policy_sees_only_its_most_recent_states():
@@ -1113,12 +1128,14 @@ def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs
     assert preset["prox_reach"] == 2.75  # three quarters of a lane; without --separate-ego the method's lane
     assert PRESETS["default"].prox_reach is None and with_separated(PRESETS["default"]).prox_reach == 2.75
     rec = train_policy(TrainPolicyConfig(method="svg", steps=2, model=str(trained["stochastic"]), world="recorded",
-                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, brake_bound=7.0, lr_decay=True,
+                                         horizon=3, grad_clip=2.0, lr=2e-4, n_states=2, start_noise="2,0.5,1", action_bound=5.0, brake_bound=7.0, steer_bound=25.0,
+                                         lr_decay=True,
                                          out=str(tmp_path / "r"), **common))
     preset = load_policy(rec / "checkpoint.pt")[1]["preset"]  # the options override them
     assert (preset["world"], preset["horizon"], preset["grad_clip"], preset["lr"]) == ("recorded", 3, 2.0, 2e-4)
     assert preset["policy"]["n_states"] == 2 and tuple(preset["start_noise"]) == (2.0, 0.5, 1.0)
-    assert (preset["policy"]["action_bound"], preset["policy"]["brake_bound"]) == (5.0, 7.0) and preset["lr_decay"]
+    assert (preset["policy"]["action_bound"], preset["policy"]["brake_bound"], preset["policy"]["steer_bound"]) == \
+        (5.0, 7.0, 25.0) and preset["lr_decay"]
     # cosine decay over 2 steps: the second step ran at half the rate
     assert torch.load(rec / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == \
         pytest.approx(1e-4)
