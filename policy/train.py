@@ -698,18 +698,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 1 <= cfg.n_states <= preset.policy.n_cond:
             raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
-    if cfg.action_bound is not None:
-        if not cfg.action_bound > 0:
-            raise UserError(f"--action-bound must be positive, got {cfg.action_bound}")
-        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, action_bound=cfg.action_bound))
-    if cfg.brake_bound is not None:
-        if not cfg.brake_bound > 0:
-            raise UserError(f"--brake-bound must be positive, got {cfg.brake_bound}")
-        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, brake_bound=cfg.brake_bound))
-    if cfg.steer_bound is not None:
-        if not cfg.steer_bound > 0:
-            raise UserError(f"--steer-bound must be positive, got {cfg.steer_bound}")
-        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, steer_bound=cfg.steer_bound))
+    for name in ("action_bound", "brake_bound", "steer_bound"):  # the policy's soft bounds
+        value = getattr(cfg, name)
+        if value is not None:
+            if not value > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, **{name: value}))
     if cfg.horizon is not None:
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
