@@ -75,7 +75,7 @@ def probe(path: str, split: str, episodes) -> None:
     last = live.shape[0] - 1 - np.argmax(live[::-1], axis=0)  # each car's last live step
     at_end = {k: v[last, np.arange(len(last))] for k, v in series.items()}
     cfg = net.config
-    brake = -(cfg.brake_bound or cfg.action_bound)
+    brake = cfg.limits()[0][0]
     brake_ms2 = float(denormalise_actions(np.array([brake, 0.0]), ckpt["stats"])[0])
     print(f"\n{Path(path).name}: {len(tracks)} {split} episodes, braking bound {brake_ms2:.1f} m/s^2")
     print(f"{'outcome':10s} {'share':>6s} {'end [s]':>8s} {'ahead of recorded car [m]':>26s} "

@@ -48,6 +48,12 @@ class PolicyConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def limits(self) -> tuple:
+        """((lowest acceleration, lowest steering), (highest acceleration, highest steering)):
+        the soft bounds of the normalised action."""
+        turn = self.steer_bound or self.action_bound
+        return (-(self.brake_bound or self.action_bound), -turn), (self.action_bound, turn)
+
 
 class PolicyNet(nn.Module):
     def __init__(self, config: PolicyConfig):
@@ -77,10 +83,8 @@ class PolicyNet(nn.Module):
         relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1)
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
         raw = self.head(h).float()
-        bound = self.config.action_bound
+        (brake, _), (bound, turn) = self.config.limits()
         acc, steer = raw[:, 0], raw[:, 1]
-        brake = self.config.brake_bound or bound
-        turn = self.config.steer_bound or bound
         # each bound's slope is 1 at 0: near 0 the action is the raw output
-        acc = torch.where(acc < 0, brake * torch.tanh(acc / brake), bound * torch.tanh(acc / bound))
+        acc = torch.where(acc < 0, -brake * torch.tanh(acc / -brake), bound * torch.tanh(acc / bound))
         return torch.stack([acc, turn * torch.tanh(steer / turn)], 1)

@@ -469,11 +469,8 @@ def within_bounds(actions: torch.Tensor, config) -> torch.Tensor:
     for imitation: recorded actions include curvature outliers (a car creeping at walking
     speed) hundreds of standard deviations out, which would otherwise dominate the squared
     error."""
-    bound = config.action_bound
-    turn = config.steer_bound or bound
-    low = torch.tensor([-(config.brake_bound or bound), -turn], device=actions.device, dtype=actions.dtype)
-    return torch.maximum(torch.minimum(actions, torch.tensor([bound, turn], device=actions.device,
-                                                             dtype=actions.dtype)), low)
+    low, high = (torch.tensor(v, device=actions.device, dtype=actions.dtype) for v in config.limits())
+    return torch.maximum(torch.minimum(actions, high), low)
 
 
 def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyPreset,
