@@ -15,6 +15,9 @@ ask it for actions far outside what it was trained on. The last layer starts at 
 untrained policy outputs the mean expert action. ``brake_bound`` bounds a negative
 acceleration apart (a car brakes harder than it accelerates), ``steer_bound`` the steering
 (a curvature: a car that creeps must turn sharply to change lanes within a few metres).
+``lateral_acc`` bounds the steering by a lateral acceleration instead where that allows more:
+a curvature of ``lateral_acc / speed**2`` (up to :data:`TURN_MAX`), which at highway speeds
+is below the steering's bound and lets a car that creeps turn as sharply as a car can.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from world_model.model import IMAGE_SHAPE, ConvEncoder, conv_out
 
 STATE_DIM = 4
 ACTION_DIM = 2
+TURN_MAX = 0.2  # [1/m] the sharpest steering lateral_acc allows: a 5 m turning radius
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,14 @@ class PolicyConfig:
     n_states: int = 20  # most recent states the policy sees (at most n_cond)
     brake_bound: Optional[float] = None  # soft bound of a negative acceleration (None: action_bound)
     steer_bound: Optional[float] = None  # soft bound of the steering (None: action_bound)
+    lateral_acc: Optional[float] = None  # [m/s^2] the steering's bound rises to lateral_acc / speed^2 where that is more
+    units: Optional[tuple] = None  # with lateral_acc: (vx mean, vx std, vy mean, vy std) [m/s], steering std [1/m]
 
     @staticmethod
     def from_dict(d: dict) -> "PolicyConfig":
+        d = dict(d)
+        if d.get("units") is not None:
+            d["units"] = tuple(d["units"])
         return PolicyConfig(**d)
 
     def to_dict(self) -> dict:
@@ -53,6 +62,20 @@ class PolicyConfig:
         the soft bounds of the normalised action."""
         turn = self.steer_bound or self.action_bound
         return (-(self.brake_bound or self.action_bound), -turn), (self.action_bound, turn)
+
+    def turn_limit(self, state: torch.Tensor):
+        """The steering's soft bound (normalised) at each of the normalised current states
+        (B, 4): the bound of :meth:`limits`, or with ``lateral_acc`` the curvature that gives
+        that lateral acceleration at the car's speed where it is more (B,)."""
+        turn = self.limits()[1][1]
+        if self.lateral_acc is None:
+            return turn
+        if self.units is None:
+            raise ValueError("a policy with lateral_acc needs the units of its normalisation (PolicyConfig.units)")
+        vx_mean, vx_std, vy_mean, vy_std, steer_std = self.units
+        speed_sq = (state[..., 2] * vx_std + vx_mean) ** 2 + (state[..., 3] * vy_std + vy_mean) ** 2
+        curvature = torch.clamp(self.lateral_acc / speed_sq.clamp_min(1e-6), max=TURN_MAX)
+        return torch.clamp(curvature / steer_std, min=turn)
 
 
 class PolicyNet(nn.Module):
@@ -83,7 +106,8 @@ class PolicyNet(nn.Module):
         relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1)
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
         raw = self.head(h).float()
-        (brake, _), (bound, turn) = self.config.limits()
+        (brake, _), (bound, _) = self.config.limits()
+        turn = self.config.turn_limit(states[:, -1].detach().float())  # a bound, not a cost
         acc, steer = raw[:, 0], raw[:, 1]
         # each bound's slope is 1 at 0: near 0 the action is the raw output
         acc = torch.where(acc < 0, -brake * torch.tanh(acc / -brake), bound * torch.tanh(acc / bound))

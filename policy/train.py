@@ -224,6 +224,11 @@ class TrainPolicyConfig:
         "the soft bound of the steering (a curvature), in standard deviations of the expert's steering "
         "(default: the preset's; none: the action bound; 3 is an 83 m turning radius, so a car that "
         "creeps needs more than 30 m to change lanes)", None)
+    lateral_acc: Optional[float] = doc(
+        "[m/s^2] where it allows more, bound the steering by this lateral acceleration instead: a "
+        "curvature of A / speed^2, up to a 5 m turning radius, so that a car that creeps can change "
+        "lanes within a few metres while at highway speeds the steering's bound holds (default: none; "
+        "give it again to an --init from a policy trained with it)", None)
     rear_weight: Optional[float] = doc(
         "with --separate-ego: scale of the proximity cost's mask behind the car, 0-1 (the vehicles behind "
         "do not react; default: the preset's)", None)
@@ -464,13 +469,20 @@ class ClosedLoopValidation:
 
 
 # ---------------------------------------------------------------------- losses
-def within_bounds(actions: torch.Tensor, config) -> torch.Tensor:
-    """Normalised target actions (..., 2) clipped to what a policy of ``config`` can output,
-    for imitation: recorded actions include curvature outliers (a car creeping at walking
-    speed) hundreds of standard deviations out, which would otherwise dominate the squared
-    error."""
+def within_bounds(actions: torch.Tensor, config, states: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalised target actions (B, 2) clipped to what a policy of ``config`` can output
+    from the normalised windows ``states`` (B, T, 4), for imitation: recorded actions include
+    curvature outliers (a car creeping at walking speed) hundreds of standard deviations out,
+    which would otherwise dominate the squared error. The states are needed only where the
+    steering's bound depends on the speed (``lateral_acc``)."""
     low, high = (torch.tensor(v, device=actions.device, dtype=actions.dtype) for v in config.limits())
-    return torch.maximum(torch.minimum(actions, high), low)
+    out = torch.maximum(torch.minimum(actions, high), low)
+    if config.lateral_acc is not None:
+        if states is None:
+            raise ValueError("within_bounds needs the states for a steering bound set by lateral_acc")
+        turn = config.turn_limit(states[:, -1].to(actions.dtype))
+        out = torch.stack([out[:, 0], torch.maximum(torch.minimum(actions[:, 1], turn), -turn)], 1)
+    return out
 
 
 def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyPreset,
@@ -479,7 +491,7 @@ def policy_loss(method: str, net: PolicyNet, model, batch: dict, preset: PolicyP
     n = net.config.n_cond
     images, states = batch["images"][:, :n], batch["states"][:, :n]
     if method == "il":
-        loss = F.mse_loss(net(images, states), within_bounds(batch["actions"][:, n - 1], net.config))
+        loss = F.mse_loss(net(images, states), within_bounds(batch["actions"][:, n - 1], net.config, states))
         return loss, {"loss": loss.detach(), "imitation": loss.detach()}
 
     def actor(hist, st, t):
@@ -695,7 +707,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 1 <= cfg.n_states <= preset.policy.n_cond:
             raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
-    for name in ("action_bound", "brake_bound", "steer_bound"):  # the policy's soft bounds
+    for name in ("action_bound", "brake_bound", "steer_bound", "lateral_acc"):  # the policy's soft bounds
         value = getattr(cfg, name)
         if value is not None:
             if not value > 0:
@@ -860,6 +872,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     def sampler_factory(n_pred: int, seed: int, split: str = "train"):
         return WindowSampler(dataset, split, n_cond, n_pred, preset.batch_size, seed=seed, device=device)
 
+    if preset.policy.lateral_acc is not None:  # the steering's bound reads the car's speed
+        mean, std = stats["state_mean"], stats["state_std"]
+        units = (mean[2], std[2], mean[3], std[3], stats["action_std"][1])
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, units=units))
     torch.manual_seed(cfg.seed)
     net = PolicyNet(preset.policy).to(device)
     if cfg.init and resume_ckpt is None:
@@ -951,7 +967,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     def imitation_loss():
         size = preset.batch_size if cfg.method == "teach" else teacher.batch_size
         images, st, target = teacher_data.batch(size)
-        return F.mse_loss(net(images, st), within_bounds(target, net.config))
+        return F.mse_loss(net(images, st), within_bounds(target, net.config, st))
 
     def compute_loss():
         if preset.lr_decay:

@@ -1034,6 +1034,35 @@ def test_braking_and_steering_are_bounded_apart():
     assert within_bounds(targets, steer.config).tolist() == [[-8.0, -30.0], [3.0, 12.0], [-1.0, 2.0]]
 
 
+def test_steering_bound_set_by_a_lateral_acceleration():
+    from policy.train import within_bounds
+
+    # normalised velocities are m/s here (mean 0, std 1) and the steering's std is 0.004 1/m
+    cfg = PolicyConfig(n_cond=2, n_feature=8, n_hidden=16, action_bound=3.0, brake_bound=8.0, lateral_acc=2.0,
+                       units=(0.0, 1.0, 0.0, 1.0, 0.004))
+    net = PolicyNet(cfg)
+    states = torch.zeros(3, 2, 4)
+    states[:, -1, 3] = torch.tensor([20.0, 4.0, 1.0])  # speeds along the road [m/s]
+    states[2, -1, 2] = 0.5  # and a sideways one
+    # 2 / 20^2 = 0.005 1/m is below 3 std (0.012): the steering's bound holds; 2 / 4^2 = 0.125 1/m
+    # is 31.25 std; at 1.1 m/s the curvature is capped at a 5 m radius (0.2 1/m, 50 std)
+    want = [3.0, 31.25, 50.0]
+    assert cfg.turn_limit(states[:, -1]).tolist() == pytest.approx(want)
+    with torch.no_grad():
+        net.head[-1].bias.copy_(torch.tensor([1000.0, -1000.0]))
+    out = net(torch.rand(3, 2, 3, IMAGE_H, IMAGE_W), states)
+    assert out[:, 1].tolist() == pytest.approx([-w for w in want]) and out[:, 0].tolist() == pytest.approx([3.0] * 3)
+    targets = torch.tensor([[-20.0, 40.0], [5.0, -40.0], [-1.0, 60.0]])
+    assert within_bounds(targets, cfg, states).flatten().tolist() == pytest.approx([-8.0, 3.0, 3.0, -31.25, -1.0, 50.0])
+    with pytest.raises(ValueError, match="needs the states"):
+        within_bounds(targets, cfg)
+    with pytest.raises(ValueError, match="units"):
+        PolicyNet(PolicyConfig(n_cond=2, n_feature=8, n_hidden=16, lateral_acc=2.0))(
+            torch.rand(1, 2, 3, IMAGE_H, IMAGE_W), states[:1])
+    # kept in a checkpoint's dict and read back as the same network
+    assert PolicyConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
 def test_policy_sees_only_its_most_recent_states():
     torch.manual_seed(0)
     cfg = PolicyConfig(n_cond=4, n_feature=8, n_hidden=16, n_states=1)
