@@ -14,7 +14,9 @@ the states, the teacher's action) is kept for training: each collection adds to 
 ones before. ``follow-evade`` evades (a vehicle closing in from behind or from the side) in
 about 0.5% of the windows; a share of each batch (``evade_share``) is drawn from those. The
 windows whose car drives in a lane that ends (an on-ramp: the teacher merges out of it) are
-a few percent of them; ``merge_share`` of each batch is drawn from those.
+a few percent of them; ``merge_share`` of each batch is drawn from those. The teacher brakes
+harder than :data:`HARD_BRAKE` in a few percent of the windows too, where the network brakes
+least like it (``benchmarks/probe_imitation_fit.py``); ``brake_share`` draws from those.
 
 A collection is kept in the checkpoint as the tracks it drove and the actions that drove
 them (float32, the precision the cars were driven with), not as images: on ``--resume``
@@ -36,6 +38,7 @@ from .driver import Driver
 
 TEACHERS = ("follow", "follow-merge", "follow-evade")
 DEFAULT_TEACHER = "follow-evade"  # of --method teach: the best of them (README)
+HARD_BRAKE = -2.0  # [m/s^2] a teacher's acceleration below this is braking hard (brake_share)
 
 
 @dataclass(frozen=True)
@@ -51,27 +54,31 @@ class TeacherSettings:
     weight: float = 1.0  # weight of the imitation loss beside another method's costs
     evade_share: float = 0.25  # share of each imitation batch drawn from the windows where the teacher evades
     merge_share: float = 0.0  # share drawn from the windows whose car drives in a lane that ends
+    brake_share: float = 0.0  # share drawn from the windows where the teacher brakes harder than HARD_BRAKE
 
 
 class TeacherData:
     """The windows collected so far, with the teacher's normalised actions as labels."""
 
     def __init__(self, scene, stats: dict, n_cond: int, teacher: str, seed: int, device="cpu",
-                 evade_share: float = 0.0, merge_share: float = 0.0):
+                 evade_share: float = 0.0, merge_share: float = 0.0, brake_share: float = 0.0):
         if teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {teacher!r} (have {', '.join(TEACHERS)})")
-        if not (0.0 <= evade_share <= 1.0 and 0.0 <= merge_share <= 1.0 and evade_share + merge_share <= 1.0):
-            raise ValueError(f"the shares of evasions and merges in a batch must be within [0, 1] and add up to "
-                             f"at most 1, got {evade_share} and {merge_share}")
+        shares = (evade_share, merge_share, brake_share)
+        if not (all(0.0 <= v <= 1.0 for v in shares) and sum(shares) <= 1.0):
+            raise ValueError(f"the shares of evasions, merges and hard braking in a batch must be within [0, 1] "
+                             f"and add up to at most 1, got {', '.join(map(str, shares))}")
         self.scene, self.stats, self.n_cond, self.teacher = scene, stats, n_cond, teacher
         self.seed, self.device = seed, torch.device(device)
-        self.evade_share, self.merge_share = evade_share, merge_share
+        self.evade_share, self.merge_share, self.brake_share = shares
         self.frames, self.states, self.labels = [], [], []
         self.index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) of every window
         self.evading = np.zeros(0, dtype=bool)  # per window: the teacher's evasion changed its action
         self.merging = np.zeros(0, dtype=bool)  # per window: its car drives in a lane that ends
         self.marked = np.zeros(0, dtype=np.int64)  # the windows where the teacher evades
         self.merges = np.zeros(0, dtype=np.int64)  # the windows in a lane that ends
+        self.braking = np.zeros(0, dtype=bool)  # per window: the teacher brakes harder than HARD_BRAKE
+        self.brakes = np.zeros(0, dtype=np.int64)  # those windows
         self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
         self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
 
@@ -89,8 +96,12 @@ class TeacherData:
         """Drive the next collection's episodes with ``act`` (a policy's ``(images, states,
         car_size) -> normalised actions``), or with the teacher when ``act`` is None; keep
         its windows; return the drive's success and collision rates."""
-        tracks = self.tracks_for(len(self.records), n_episodes)
-        return self._drive(tracks, act, None)
+        return self.drive(self.tracks_for(len(self.records), n_episodes), act)
+
+    def drive(self, tracks, act: Optional[Callable]) -> dict:
+        """Drive the episodes of ``tracks`` as :meth:`collect` does (a collection of chosen
+        episodes, e.g. of another split, to measure a network against its teacher)."""
+        return self._drive(np.asarray(tracks), act, None)
 
     def replay(self, record: dict) -> None:
         """Keep again the windows of a collection from a checkpoint, replaying its actions."""
@@ -156,24 +167,28 @@ class TeacherData:
 
     def _add(self, frames, states, labels, evading, merging, steps) -> None:
         """Per car: its 20 + steps frames and states and its labels at every step."""
-        index, marks, ends = [self.index], [self.evading], [self.merging]
+        index, marks, ends, hard = [self.index], [self.evading], [self.merging], [self.braking]
+        brake = float(normalise_actions(np.array([HARD_BRAKE, 0.0], dtype=np.float32), self.stats)[0])
         for f, s, a, e, m, n in zip(frames, states, labels, evading, merging, steps):
             index.append(np.stack([np.full(n, len(self.frames)), np.arange(n)], 1))
             marks.append(e[:n])
             ends.append(m[:n])
+            hard.append(a[:n, 0].numpy() < brake)
             extra = f.shape[0] - a.shape[0]  # the frames before the first step (the history)
             self.frames.append(f[:extra + n].clone())
             self.states.append(s[:extra + n].clone())
             self.labels.append(a[:n].clone())
         self.index, self.evading, self.merging = np.concatenate(index), np.concatenate(marks), np.concatenate(ends)
+        self.braking = np.concatenate(hard)
         self.marked, self.merges = np.flatnonzero(self.evading), np.flatnonzero(self.merging)
+        self.brakes = np.flatnonzero(self.braking)
 
     def batch(self, size: int):
         """``size`` windows: images (B, n_cond, 3, H, W) uint8, normalised states (B, n_cond,
         4) and the teacher's normalised actions (B, 2), on the device. They are drawn
         uniformly, except that ``evade_share`` of them (rounded) are drawn from the windows
-        where the teacher evades and ``merge_share`` from those in a lane that ends, when
-        there are any."""
+        where the teacher evades, ``merge_share`` from those in a lane that ends and
+        ``brake_share`` from those where it brakes hard, when there are any."""
         n = self.n_cond
         pick = self.index[self.rows(size)]
         images = torch.stack([self.frames[e][t:t + n] for e, t in pick])
@@ -183,8 +198,9 @@ class TeacherData:
 
     def rows(self, size: int) -> np.ndarray:
         """The windows of a batch of ``size`` (see :meth:`batch`): first those drawn among the
-        evasions, then among the merges, then the uniform ones."""
+        evasions, then among the merges, then among the hard braking, then the uniform ones."""
         marks = [(int(round(share * size)) if len(among) else 0, among)
-                 for share, among in ((self.evade_share, self.marked), (self.merge_share, self.merges))]
+                 for share, among in ((self.evade_share, self.marked), (self.merge_share, self.merges),
+                                      (self.brake_share, self.brakes))]
         uniform = self.rng.integers(len(self.index), size=size - sum(k for k, _ in marks))
         return np.concatenate([among[self.rng.integers(len(among), size=k)] for k, among in marks if k] + [uniform])

@@ -292,6 +292,9 @@ class TrainPolicyConfig:
     merge_share: Optional[float] = doc(
         "with teach or --teacher: share of each imitation batch drawn from the windows whose car drives in a "
         "lane that ends (an on-ramp, which the teacher merges out of; default: the preset's, 0: uniform)", None)
+    brake_share: Optional[float] = doc(
+        "with teach or --teacher: share of each imitation batch drawn from the windows where the teacher brakes "
+        "harder than 2 m/s^2 (default: the preset's, 0: uniform)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -640,7 +643,7 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
     if cfg.teacher is not None:
         t = dataclasses.replace(t, teacher=cfg.teacher)
     given = [f"--{name.replace('_', '-')}" for name in ("teacher_weight", "teacher_episodes", "collect_every",
-                                                          "evade_share", "merge_share")
+                                                          "evade_share", "merge_share", "brake_share")
              if getattr(cfg, name) is not None]
     if given and t.teacher is None:
         raise UserError(f"{', '.join(given)} applies with --teacher or --method teach")
@@ -655,17 +658,16 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
         t = dataclasses.replace(t, weight=cfg.teacher_weight)
     if cfg.teacher_episodes is not None:
         t = dataclasses.replace(t, episodes=cfg.teacher_episodes)
-    if cfg.evade_share is not None:
-        if not 0.0 <= cfg.evade_share <= 1.0:
-            raise UserError(f"--evade-share must be within [0, 1], got {cfg.evade_share}")
-        t = dataclasses.replace(t, evade_share=cfg.evade_share)
-    if cfg.merge_share is not None:
-        if not 0.0 <= cfg.merge_share <= 1.0:
-            raise UserError(f"--merge-share must be within [0, 1], got {cfg.merge_share}")
-        t = dataclasses.replace(t, merge_share=cfg.merge_share)
-    if t.evade_share + t.merge_share > 1.0:
-        raise UserError(f"--evade-share and --merge-share must add up to at most 1, got {t.evade_share} and "
-                        f"{t.merge_share}")
+    shares = ("evade_share", "merge_share", "brake_share")
+    for name in shares:
+        value = getattr(cfg, name)
+        if value is not None:
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"--{name.replace('_', '-')} must be within [0, 1], got {value}")
+            t = dataclasses.replace(t, **{name: value})
+    if sum(getattr(t, name) for name in shares) > 1.0:
+        raise UserError("--evade-share, --merge-share and --brake-share must add up to at most 1, got "
+                        + ", ".join(str(getattr(t, name)) for name in shares))
     if cfg.method == "teach":
         t = dataclasses.replace(t, collect_every=cfg.collect_every or t.collect_every)
         return dataclasses.replace(preset, teacher=t, val_every=t.collect_every)
@@ -911,7 +913,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     if teacher.teacher is not None:
         scene = validation.scene if validation is not None else dataset_scene(dataset)
         teacher_data = TeacherData(scene, stats, n_cond, teacher.teacher, cfg.seed, device, teacher.evade_share,
-                                   teacher.merge_share)
+                                   teacher.merge_share, teacher.brake_share)
     collected = {}  # the last collection's outcome, for the next log row
 
     progress, best = Progress(), None
@@ -962,7 +964,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             tqdm.write(f"step {progress.step}: {'the teacher' if first else 'the policy'} drove {teacher.episodes} "
                        f"episodes ({outcome['success']:.0%} success); {len(teacher_data):,} windows labelled "
                        f"by {teacher.teacher}, {len(teacher_data.marked):,} of them evading, "
-                       f"{len(teacher_data.merges):,} in a lane that ends")
+                       f"{len(teacher_data.merges):,} in a lane that ends, {len(teacher_data.brakes):,} braking hard")
 
     def imitation_loss():
         size = preset.batch_size if cfg.method == "teach" else teacher.batch_size

@@ -1369,12 +1369,12 @@ def test_the_windows_where_the_teacher_evades_are_marked_and_drawn_at_their_shar
         TeacherData(dataset_scene(ds), stats, 20, "follow-evade", seed=0, evade_share=1.5)
 
 
-def test_the_windows_in_a_lane_that_ends_are_marked_and_drawn_at_their_share(trained):
+def test_the_windows_in_a_lane_that_ends_and_of_hard_braking_are_marked_and_drawn_at_their_share(trained):
     """The windows marked as merging are, in each episode, its first steps when its car
     starts in the on-ramp (the lane that ends, beside the lane it merges into) and none
     otherwise: the teacher merges out and does not come back. A batch draws its evasions
-    first, then its merges, at their shares."""
-    from data.dataset import Dataset
+    first, then its merges, then its hard braking, at their shares."""
+    from data.dataset import Dataset, denormalise_actions
     from policy.teacher import TeacherData
     from policy.train import dataset_scene
     from traffic_sim.follow import merge_targets
@@ -1388,7 +1388,8 @@ def test_the_windows_in_a_lane_that_ends_are_marked_and_drawn_at_their_share(tra
     ramp = np.isin(scene.road.lane_at(cars.center_x, cars.center_y), list(merge_targets(scene.road)))
     assert 0 < ramp.sum() < len(train)
     tracks = np.sort(np.concatenate([train[ramp][:4], train[~ramp][:4]]))
-    data = TeacherData(scene, stats, 20, "follow-evade", seed=0, evade_share=0.25, merge_share=0.5)
+    data = TeacherData(scene, stats, 20, "follow-evade", seed=0, evade_share=0.25, merge_share=0.25,
+                       brake_share=0.25)
     data.tracks_for = lambda collection, n: tracks
     data.collect(len(tracks), None)
     starts_on_ramp = np.isin(tracks, train[ramp])
@@ -1399,11 +1400,18 @@ def test_the_windows_in_a_lane_that_ends_are_marked_and_drawn_at_their_share(tra
         if starts_on_ramp[e]:
             assert not marks[-1]  # it merged out
     assert len(data.marked)
+    # hard braking: the teacher's accelerations below -2 m/s^2, in physical units
+    labels = np.concatenate([a.numpy() for a in data.labels])
+    accel = denormalise_actions(labels, {k: np.asarray(v) for k, v in stats.items()})[:, 0]
+    np.testing.assert_array_equal(data.braking, accel < -2.0)
+    assert 0 < len(data.brakes) < len(labels)
     for _ in range(3):
         rows = data.rows(8)
-        assert data.evading[rows[:2]].all() and data.merging[rows[2:6]].all()
+        assert data.evading[rows[:2]].all() and data.merging[rows[2:4]].all() and data.braking[rows[4:6]].all()
     with pytest.raises(ValueError, match="add up to at most 1"):
         TeacherData(scene, stats, 20, "follow-evade", seed=0, evade_share=0.5, merge_share=0.6)
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        TeacherData(scene, stats, 20, "follow-evade", seed=0, merge_share=0.5, brake_share=0.6)
 
 
 def test_teach_resumes_exactly_replaying_its_collections(trained, tmp_path):
@@ -1477,7 +1485,9 @@ def test_teacher_options_are_checked(trained, tmp_path):
                          (dict(method="il", evade_share=0.5), "applies with --teacher"),
                          (dict(method="teach", evade_share=-0.1), "--evade-share must be within"),
                          (dict(method="teach", merge_share=1.5), "--merge-share must be within"),
-                         (dict(method="teach", evade_share=0.5, merge_share=0.6), "add up to at most 1")):
+                         (dict(method="teach", evade_share=0.5, merge_share=0.6), "add up to at most 1"),
+                         (dict(method="teach", brake_share=2.0), "--brake-share must be within"),
+                         (dict(method="teach", brake_share=0.8), "add up to at most 1")):
         with pytest.raises(UserError, match=message):
             train_policy(TrainPolicyConfig(**cfg, **common))
     assert not (tmp_path / "x").exists()
