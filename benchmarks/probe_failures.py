@@ -2,10 +2,13 @@
 objective saw it coming.
 
     python benchmarks/probe_failures.py POLICY [--before 2.0] [--split test] [--episodes N]
+                                        [--lanes-only [--reference follow-evade]]
 
 1. Outcomes by the lane each episode starts in (main lanes, on-ramp, auxiliary lane), for
    the policy and for ``follow`` (car following with the true gaps, which never changes
-   lanes): on a road whose on-ramp ends, the cars that start on it must merge.
+   lanes): on a road whose on-ramp ends, the cars that start on it must merge. With
+   ``--lanes-only`` only this, for any policy (e.g. one taught by ``--method teach``), beside
+   ``--reference`` (a built-in driver).
 2. For each episode that ends running into a vehicle ahead, the car's closed-loop state
    ``--before`` seconds before the collision is the start of a separated unroll
    (``policy.rollout.rollout_separated``, the policy's own horizon, costs and prox reach):
@@ -127,19 +130,24 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["train", "val", "test"],
                     help="split of the policy's dataset (default: test)")
     ap.add_argument("--episodes", type=int, default=None, help="first N episodes of the split (default: all)")
+    ap.add_argument("--lanes-only", action="store_true", help="only the outcomes by start lane, for any policy")
+    ap.add_argument("--reference", default="follow", choices=["follow", "follow-merge", "follow-evade"],
+                    help="the built-in driver beside it (default: follow)")
     args = ap.parse_args()
     torch.manual_seed(0)
     net, ckpt = load_policy(args.policy)
-    if not ckpt["preset"].get("separate_ego"):
+    if not args.lanes_only and not ckpt["preset"].get("separate_ego"):
         sys.exit(f"error: {args.policy} was not trained with --separate-ego")
     dataset = Dataset.open(ckpt["dataset"])
     scene = dataset_scene(dataset)
     tracks = np.asarray(scene.episodes[args.split][:args.episodes])
     recorder = StateRecorder(policy_driver(args.policy, scene, name=Path(args.policy).name))
     out = run_episodes(scene, tracks, recorder, batch=len(tracks))
-    follow = run_episodes(scene, tracks, "follow", batch=len(tracks))
+    follow = run_episodes(scene, tracks, args.reference, batch=len(tracks))
     print(f"\n{Path(args.policy).name}: {len(tracks)} {args.split} episodes")
-    outcomes_by_start_lane(scene, tracks, {Path(args.policy).name: out, "follow": follow})
+    outcomes_by_start_lane(scene, tracks, {Path(args.policy).name: out, args.reference: follow})
+    if args.lanes_only:
+        return
 
     live = np.stack([r["live"] for r in recorder.rows])  # (T, N)
     last = live.shape[0] - 1 - np.argmax(live[::-1], axis=0)
