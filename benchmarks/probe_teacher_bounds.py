@@ -60,14 +60,12 @@ def settings(stats: dict) -> dict:
     """{label: network config (None: unclipped)}: the separated preset's bounds, and each
     with one option changed."""
     base = with_separated(PRESETS["default"]).policy
-    mean, std = stats["state_mean"], stats["state_std"]
-    units = (float(mean[2]), float(std[2]), float(mean[3]), float(std[3]), float(stats["action_std"][1]))
     out = {"follow-evade, unclipped": None, "the network's bounds (teach's default)": base}
     out["  --brake-bound 12"] = dataclasses.replace(base, brake_bound=12.0)
     out["  --action-bound 4.5"] = dataclasses.replace(base, action_bound=4.5, steer_bound=base.steer_bound or 3.0)
     out["  --steer-bound 30"] = dataclasses.replace(base, steer_bound=30.0)
     for acc in (1.0, 2.0, 4.0):
-        out[f"  --lateral-acc {acc:g}"] = dataclasses.replace(base, lateral_acc=acc, units=units)
+        out[f"  --lateral-acc {acc:g}"] = dataclasses.replace(base, lateral_acc=acc).with_units(stats)
     return out
 
 

@@ -22,7 +22,7 @@ is below the steering's bound and lets a car that creeps turn as sharply as a ca
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
@@ -62,6 +62,13 @@ class PolicyConfig:
         the soft bounds of the normalised action."""
         turn = self.steer_bound or self.action_bound
         return (-(self.brake_bound or self.action_bound), -turn), (self.action_bound, turn)
+
+    def with_units(self, stats: dict) -> "PolicyConfig":
+        """This config with the units ``lateral_acc`` reads, from a dataset's normalisation
+        statistics (``state_mean``, ``state_std``, ``action_std``)."""
+        mean, std = stats["state_mean"], stats["state_std"]
+        return replace(self, units=(float(mean[2]), float(std[2]), float(mean[3]), float(std[3]),
+                                    float(stats["action_std"][1])))
 
     def turn_limit(self, state: torch.Tensor):
         """The steering's soft bound (normalised) at each of the normalised current states

@@ -875,9 +875,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         return WindowSampler(dataset, split, n_cond, n_pred, preset.batch_size, seed=seed, device=device)
 
     if preset.policy.lateral_acc is not None:  # the steering's bound reads the car's speed
-        mean, std = stats["state_mean"], stats["state_std"]
-        units = (mean[2], std[2], mean[3], std[3], stats["action_std"][1])
-        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, units=units))
+        preset = dataclasses.replace(preset, policy=preset.policy.with_units(stats))
     torch.manual_seed(cfg.seed)
     net = PolicyNet(preset.policy).to(device)
     if cfg.init and resume_ckpt is None:
