@@ -131,7 +131,7 @@ def main() -> None:
                     help="split of the policy's dataset (default: test)")
     ap.add_argument("--episodes", type=int, default=None, help="first N episodes of the split (default: all)")
     ap.add_argument("--lanes-only", action="store_true", help="only the outcomes by start lane, for any policy")
-    ap.add_argument("--reference", default="follow", choices=["follow", "follow-merge", "follow-evade"],
+    ap.add_argument("--reference", default="follow", choices=["follow", "follow-merge", "follow-evade", "follow-yield"],
                     help="the built-in driver beside it (default: follow)")
     args = ap.parse_args()
     torch.manual_seed(0)

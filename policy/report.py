@@ -6,7 +6,7 @@ method and seed (the paper's methods, and ``mpur-sep`` / ``svg-sep`` / ``vg-sep`
 with the world separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
 loop on the evaluation split together with the human, no-action and car-following
 (``follow``; ``follow-merge``, which also merges from the on-ramp; ``follow-evade``, which
-also evades) references, and writes
+also evades; ``follow-yield``, which also yields to vehicles cutting in) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
 - ``summary.csv`` and ``report.md``: mean and standard deviation over seeds per method, and
@@ -151,7 +151,7 @@ def report_command(cfg: ReportConfig) -> str:
             tracks = tracks[np.sort(pick)]
         rows = []
         # the references: recorded, none, car following (merging, evading) with the true gaps
-        for name in ("human", "no-action", "follow", "follow-merge", "follow-evade"):
+        for name in ("human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield"):
             rows.append({"method": name, "seed": "", **summarise(name, run_episodes(scene, tracks, name))})
         for (method, seed), folder in trained.items():
             driver = policy_driver(folder, scene, name=f"{method}-seed{seed}")

@@ -296,6 +296,38 @@ def test_follow_evade_makes_way_for_a_vehicle_moving_in_from_the_side(ahead, exp
     assert evading[0] == (0.5 * ACC_LIMITS[0] if expect == "brake" else ACC_LIMITS[1])
 
 
+@pytest.mark.parametrize("drift, yields", [(1.0, True), (0.5, False), (0.0, False)])
+def test_follow_yield_follows_a_vehicle_cutting_in_before_it_is_in_the_lane(drift, yields):
+    """A vehicle in lane 4, 5 m ahead of the car in lane 3 at the same 10 m/s along the road, drifting
+    towards it at ``drift`` m/s, 1.2 m from overlapping it (1.5 m from overlapping it by more
+    than LANE_MARGIN): at 1 m/s it is in the car's way within the 2 s of ``cut_in``, and
+    follow-yield follows it (car following with a 5 m gap: braking) where follow-evade, with
+    nothing in its lane, keeps accelerating; at 0.5 m/s (3 s) or not drifting, the two agree."""
+    from traffic_sim.follow import EVADE_IDM, GAP_MIN, LANE_MARGIN, YIELD_EVASION, Evasion, follow_actions, \
+        idm_acceleration
+    from traffic_sim.roads import LANE_WIDTH
+
+    lane3, start, at, v, ahead = 2.5 * LANE_WIDTH, 19, 150.0, 10.0, 9.5  # its front 9.5 m ahead: a 5 m gap
+    x_at = lane3 + 1.8 + 1.2  # [m] its centre at the takeover: 1.2 m between their sides
+    sc = _tracks_scene([(0, lambda y: lane3, at - v * start * DT, v, 200, lambda y: 3),
+                        (1, lambda y: x_at - drift * (y - at - ahead) / v, at + ahead - v * start * DT, v, 200,
+                         lambda y: 4)])
+    sim = ReplaySimulator(sc)
+    cars = sim.start([0])
+    evading = follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())[0, 0]
+    yielding = builtin_actions(sim, cars, "follow-yield")[0, 0]
+    assert YIELD_EVASION.cut_in == 2.0 and LANE_MARGIN == 0.3 and GAP_MIN < 5.0
+    assert evading == pytest.approx(float(idm_acceleration(v, np.inf, v, EVADE_IDM)))  # free road
+    if yields:
+        # its rear 5 m ahead (4.5 m long, turned by its drift), at its speed over the ground
+        speed = np.hypot(v, drift)
+        gap = ahead - 4.5 * v / speed
+        assert yielding == pytest.approx(float(idm_acceleration(v, gap, speed, EVADE_IDM)), rel=1e-3)
+        assert yielding < 0 < evading
+    else:
+        assert yielding == evading
+
+
 @pytest.mark.parametrize("platoon", [False, True])
 def test_follow_merge_leaves_a_ramp_that_ends_and_waits_for_a_gap(platoon):
     from traffic_sim.follow import GAP_MIN, STOP_MARGIN, merge_targets

@@ -112,7 +112,8 @@ class EvaluateConfig:
     policy: str = doc("policies to evaluate, comma-separated: human, no-action, follow (car "
                       "following with the true gaps, a privileged reference), follow-merge (the "
                       "same, merging out of a lane that ends), follow-evade (that with a shorter "
-                      "headway, also evading vehicles closing in from behind and alongside), mpc (planning "
+                      "headway, also evading vehicles closing in from behind and alongside), follow-yield (that "
+                      "also yielding to vehicles about to cut in), mpc (planning "
                       "with the forward model), a policy checkpoint (file or train-policy folder), or "
                       "checkpoints joined by + (one driver taking their mean action, e.g. the seeds "
                       "of one training)",

@@ -19,6 +19,11 @@ rule, as the lane-changing models of traffic simulation have one).
 speeds (:class:`Evasion`): a vehicle closing in from behind in its lane, and one alongside
 moving sideways into it. Of the settings of
 ``benchmarks/probe_follow_ceiling.py``, it did best on the validation split.
+
+``--policy follow-yield`` is ``follow-evade`` that also yields to a vehicle cutting in: one
+beside it that, moving sideways as it does now, would be in its way within
+:data:`YIELD_EVASION`'s ``cut_in`` seconds counts as a vehicle ahead for car following,
+before it is in the lane.
 """
 
 from __future__ import annotations
@@ -91,6 +96,12 @@ class Evasion:
 
     rear_time: float = 2.0  # [s]
     side_time: float = 1.5  # [s]
+    # [s] a vehicle beside that, moving sideways as now, would overlap the car by more than
+    # LANE_MARGIN within this is followed as if it were in the lane already (0: when it is)
+    cut_in: float = 0.0
+
+
+YIELD_EVASION = Evasion(cut_in=2.0)  # follow-yield's: follow-evade's, yielding to vehicles cutting in
 
 
 def _speeds(sc, rows, frame):
@@ -134,11 +145,17 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
     other_cx = sc.x[rows] - 0.5 * sc.length[rows] * sc.ux[rows]
     overlap = 0.5 * (sc.width[rows] + cars.width[:, None]) - np.abs(other_cx - cars.center_x[:, None])
     rear = sc.y[rows] - sc.length[rows] * sc.uy[rows]  # [m] the other vehicle's rear
-    ahead = valid & (overlap > LANE_MARGIN) & (rear > cars.center_y[:, None])
+    speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
+    in_way = overlap  # [m] across the road
+    if evade is not None and evade.cut_in > 0:  # or will be within cut_in seconds, moving sideways as now
+        dx = np.abs(other_cx - cars.center_x[:, None])
+        towards = np.maximum(np.sign(cars.center_x[:, None] - other_cx) * speeds * sc.ux[rows], 0.0)
+        in_way = np.maximum(overlap, 0.5 * (sc.width[rows] + cars.width[:, None])
+                            - np.maximum(dx - towards * evade.cut_in, 0.0))
+    ahead = valid & (in_way > LANE_MARGIN) & (rear > cars.center_y[:, None])
     gaps = np.where(ahead, rear - cars.y[:, None], np.inf)  # bumper to bumper
     lead = np.argmin(gaps, axis=1)
     gap = gaps[np.arange(len(lead)), lead]
-    speeds = _speeds(sc, rows, frame)  # (N, K) [m/s]
     leader_speed = np.where(np.isfinite(gap), speeds[np.arange(len(lead)), lead], cars.v)
     acc = np.clip(idm_acceleration(cars.v, gap, leader_speed, idm), *ACC_LIMITS)
 
