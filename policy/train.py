@@ -192,6 +192,9 @@ class TrainPolicyConfig:
     lambda_u: Optional[float] = doc("weight of the uncertainty cost (mpur; default: the preset's)", None)
     n_states: Optional[int] = doc("how many of the most recent states the policy sees, 1-20 (default: "
                                   "the preset's, 20; 1 keeps it from copying its past speed)", None)
+    n_feature: Optional[int] = doc(
+        "channels of the last map of the policy's image encoder, whose convolutions are F/4, F/2 and F wide (default: "
+        "the preset's, 32; give it again to an --init from a policy trained with it)", None)
     kinematic_gradient: Optional[bool] = doc(
         "take the costs' gradient through the car's kinematics instead of through the predicted "
         "pixels (default: the preset's, off)", None)
@@ -709,6 +712,10 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if not 1 <= cfg.n_states <= preset.policy.n_cond:
             raise UserError(f"--n-states must be between 1 and {preset.policy.n_cond}, got {cfg.n_states}")
         preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_states=cfg.n_states))
+    if cfg.n_feature is not None:
+        if not (cfg.n_feature >= 4 and cfg.n_feature % 4 == 0):
+            raise UserError(f"--n-feature must be a positive multiple of 4, got {cfg.n_feature}")
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, n_feature=cfg.n_feature))
     for name in ("action_bound", "brake_bound", "steer_bound", "lateral_acc"):  # the policy's soft bounds
         value = getattr(cfg, name)
         if value is not None:

@@ -1106,6 +1106,16 @@ def test_init_starts_from_another_policy(trained, tmp_path):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "y"), steps=0, init=str(il1), **common))
     with pytest.raises(UserError, match="--n-states"):
         train_policy(TrainPolicyConfig(out=str(tmp_path / "z"), steps=0, n_states=0, **common))
+    # a wider image encoder is another network too
+    il24 = train_policy(TrainPolicyConfig(method="il", preset="tiny", steps=0, quiet=True, val_episodes=0,
+                                          n_feature=24, dataset=str(trained["dataset"]), out=str(tmp_path / "il24")))
+    wide, _ = load_policy(il24 / "checkpoint.pt")
+    assert wide.config.n_feature == 24 and [m.out_channels for m in wide.encoder.net if hasattr(m, "out_channels")] \
+        == [6, 12, 24]
+    with pytest.raises(UserError, match="different network"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "w"), steps=0, init=str(il24), **common))
+    with pytest.raises(UserError, match="--n-feature"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "v"), steps=0, n_feature=6, **common))
 
 
 def test_separate_ego_trains_through_the_model_and_refuses_methods_without_costs(trained, tmp_path):
