@@ -1,8 +1,9 @@
 """How far the privileged teacher gets with only the actions a policy network can output.
 
     python benchmarks/probe_teacher_bounds.py [--split test] [--episodes N] [--dataset DIR]
+                                              [--teacher follow-evade|follow-yield]
 
-Drives ``follow-evade`` (``traffic_sim/follow.py``) with its actions clipped, at every step,
+Drives ``follow-evade`` (or ``--teacher``; ``traffic_sim/follow.py``) with its actions clipped, at every step,
 to the soft bounds of the network that ``train-policy --method teach`` teaches it to (the
 separated preset's: acceleration 3 standard deviations of the recorded accelerations,
 braking 8, steering 3), and to those bounds with one option changed: a wider braking or
@@ -32,23 +33,26 @@ from data.dataset import (Dataset, denormalise_actions, normalise_actions,  # no
 from policy.net import PolicyConfig  # noqa: E402
 from policy.train import PRESETS, dataset_scene, with_separated, within_bounds  # noqa: E402
 from traffic_sim.evaluate import run_episodes, summarise  # noqa: E402
-from traffic_sim.follow import EVADE_IDM, Evasion, follow_actions  # noqa: E402
+from traffic_sim.follow import EVADE_IDM, YIELD_EVASION, Evasion, follow_actions  # noqa: E402
 from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator  # noqa: E402
 
 
+EVASIONS = {"follow-evade": Evasion(), "follow-yield": YIELD_EVASION}
+
+
 class BoundedTeacher:
-    """``follow-evade`` whose actions are clipped to what a network of ``config`` can output
-    (None: not clipped); reads the simulator."""
+    """``follow-evade`` (or ``teacher``) whose actions are clipped to what a network of
+    ``config`` can output (None: not clipped); reads the simulator."""
 
     observes = False  # run_episodes renders no images for it
 
-    def __init__(self, scene, config: Optional[PolicyConfig], stats: dict):
+    def __init__(self, scene, config: Optional[PolicyConfig], stats: dict, teacher: str = "follow-evade"):
         self.sim = ReplaySimulator(scene)  # for its neighbour queries (stateless)
-        self.config, self.stats = config, stats
+        self.config, self.stats, self.evasion = config, stats, EVASIONS[teacher]
 
     def __call__(self, obs, states, cars) -> np.ndarray:
-        actions = follow_actions(self.sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())
+        actions = follow_actions(self.sim, cars, merge=True, idm=EVADE_IDM, evade=self.evasion)
         if self.config is None:
             return actions
         target = torch.from_numpy(normalise_actions(actions.astype(np.float32), self.stats))
@@ -56,11 +60,11 @@ class BoundedTeacher:
         return denormalise_actions(within_bounds(target, self.config, now).numpy(), self.stats)
 
 
-def settings(stats: dict) -> dict:
+def settings(stats: dict, teacher: str = "follow-evade") -> dict:
     """{label: network config (None: unclipped)}: the separated preset's bounds, and each
     with one option changed."""
     base = with_separated(PRESETS["default"]).policy
-    out = {"follow-evade, unclipped": None, "the network's bounds (teach's default)": base}
+    out = {f"{teacher}, unclipped": None, "the network's bounds (teach's default)": base}
     out["  --brake-bound 12"] = dataclasses.replace(base, brake_bound=12.0)
     out["  --action-bound 4.5"] = dataclasses.replace(base, action_bound=4.5, steer_bound=base.steer_bound or 3.0)
     out["  --steer-bound 30"] = dataclasses.replace(base, steer_bound=30.0)
@@ -74,6 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default=None, help="dataset folder (default: <artifacts>/datasets/default)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--episodes", type=int, default=None, help="the first N episodes of the split")
+    ap.add_argument("--teacher", default="follow-evade", choices=list(EVASIONS), help="the driver (default: follow-evade)")
     args = ap.parse_args(argv)
     path = Path(args.dataset) if args.dataset else artifacts_dir() / "datasets" / "default"
     if not (path / "manifest.json").is_file():
@@ -85,8 +90,8 @@ def main(argv=None) -> None:
     outcomes = {}
     print(f"{len(tracks)} {args.split} episodes")
     print(f"{'setting':40s} {'success':>8s} {'collision':>10s} {'off-road':>9s}")
-    for label, config in settings(stats).items():
-        out = run_episodes(scene, tracks, BoundedTeacher(scene, config, stats))
+    for label, config in settings(stats, args.teacher).items():
+        out = run_episodes(scene, tracks, BoundedTeacher(scene, config, stats, args.teacher))
         row = summarise(label, out)
         print(f"{label:40s} {row['success_rate']:8.1%} {row['collision_rate']:10.1%} {row['offroad_rate']:9.1%}")
         outcomes[label.strip()[:24]] = out
