@@ -45,21 +45,25 @@ class Driver:
     def reset(self, tracks) -> None:
         tracks = np.asarray(tracks, dtype=np.int64)
         n = self.n_cond
-        self.images = torch.from_numpy(self.sim.history_images(tracks)[:, -n:]).to(self.device)
+        self.images = torch.from_numpy(self.sim.history_images(tracks)[:, -n:]).to(self.device).contiguous()
         self.states = torch.from_numpy(
-            normalise_states(self.sim.history_states(tracks)[:, -n:], self.stats)).to(self.device)
+            normalise_states(self.sim.history_states(tracks)[:, -n:], self.stats)).to(self.device).contiguous()
+        self._live_images = torch.empty_like(self.images)  # the live cars' histories, when some are done
         self._fresh = True
 
     @torch.no_grad()
     def __call__(self, obs_images, states, cars) -> np.ndarray:
         if self.images is None:
             self.reset(cars.track)
-        if not self._fresh:  # append what the cars see now
+        if not self._fresh:  # append what the cars see now, in place: a new history at every
+            # step would split the C allocator's heap, and the process would grow at every step
             obs = torch.from_numpy(np.asarray(obs_images)).to(self.device)
             st = torch.from_numpy(normalise_states(np.asarray(states, dtype=np.float32),
                                                    self.stats)).to(self.device)
-            self.images = torch.cat([self.images[:, 1:], obs[:, None]], 1)
-            self.states = torch.cat([self.states[:, 1:], st[:, None]], 1)
+            for history, now in ((self.images, obs), (self.states, st)):
+                for k in range(history.shape[1] - 1):
+                    history[:, k].copy_(history[:, k + 1])
+                history[:, -1].copy_(now)
         self._fresh = False
         self.last_size = torch.from_numpy(np.stack([cars.length, cars.width], 1).astype(np.float32))
         live = np.flatnonzero(~np.asarray(cars.done))
@@ -68,7 +72,11 @@ class Driver:
         if len(live):
             idx = torch.from_numpy(live).to(self.device)
             size = torch.from_numpy(np.stack([cars.length[live], cars.width[live]], 1).astype(np.float32))
-            a = self.act(self.images[idx], self.states[idx], size.to(self.device))
+            if len(live) == len(cars.done):
+                images = self.images
+            else:
+                images = torch.index_select(self.images, 0, idx, out=self._live_images[:len(live)])
+            a = self.act(images, self.states[idx], size.to(self.device))
             normalised[live] = a.float().cpu().numpy()
             actions[live] = denormalise_actions(normalised[live], self.stats)
         self.last_normalised = normalised

@@ -130,7 +130,8 @@ class TeacherData:
         cars = sim.start(tracks)
         driver.reset(cars.track)
         obs = sim.observe(cars)
-        frames, states, labels, driven = [driver.images.cpu()], [driver.states.cpu()], [], []
+        # copies: the driver updates its histories in place
+        frames, states, labels, driven = [driver.images.cpu().clone()], [driver.states.cpu().clone()], [], []
         evading, merging = [], []
         while not cars.done.all():
             student = driver(obs, cars.state_vector(), cars)

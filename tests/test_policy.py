@@ -764,6 +764,7 @@ def test_driver_starts_from_the_recorded_history_then_appends_what_it_sees(train
     driver = Driver(scene, act, stats, n_cond=4)
     cars = sim.start(tracks)
     driver.reset(cars.track)
+    storage = driver.images.data_ptr(), driver.states.data_ptr()
     obs = sim.observe(cars)
     a = driver(obs, cars.state_vector(), cars)
     np.testing.assert_allclose(a, [[0.5, 0.0]] * 3)  # normalised 0 = the mean action
@@ -773,6 +774,15 @@ def test_driver_starts_from_the_recorded_history_then_appends_what_it_sees(train
     driver(obs, cars.state_vector(), cars)
     np.testing.assert_array_equal(seen[1][:, -1].numpy(), obs)
     np.testing.assert_array_equal(seen[1][:, :-1].numpy(), seen[0][:, 1:].numpy())
+    # the histories are updated in place (a new one at every step would let the process grow)
+    assert (driver.images.data_ptr(), driver.states.data_ptr()) == storage
+    # a car that is done is not asked for an action; the others get their own histories
+    cars.done[1] = True
+    obs = sim.step(cars, a, observe=True)
+    a = driver(obs, cars.state_vector(), cars)
+    assert len(seen[2]) == 2 and a[1].tolist() == [0.0, 0.0]
+    np.testing.assert_array_equal(seen[2][:, -1].numpy(), obs[[0, 2]])
+    np.testing.assert_array_equal(seen[2][:, :-1].numpy(), seen[1][[0, 2], 1:].numpy())
 
 
 def test_track_weight_adds_the_squared_distance_from_the_recorded_place(trained, monkeypatch):
