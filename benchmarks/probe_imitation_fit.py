@@ -1,6 +1,7 @@
 """How closely a taught network copies its teacher in the states it drives into itself.
 
     python benchmarks/probe_imitation_fit.py POLICY [--split val] [--episodes N] [--teacher NAME]
+                                             [--teacher-drives]
 
 Drives the episodes of a split (not the training episodes the network learned from) with a
 policy checkpoint, as ``train-policy --method teach`` collects (``policy.teacher.TeacherData``):
@@ -12,6 +13,8 @@ of the acceleration and of the steering, over all the windows and over those whe
 teacher evades, those in a lane that ends and those where it brakes harder than 2 m/s^2.
 A network that copied its teacher perfectly would explain all of it (R^2 = 1); the
 simulator's outcomes of the copy are those of ``benchmarks/probe_teacher_bounds.py``.
+With ``--teacher-drives`` the teacher drives and the network is only asked: its fit in the
+states its teacher drives into, apart from those its own errors lead it into.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=["train", "val", "test"])
     ap.add_argument("--episodes", type=int, default=100, help="the first N episodes of the split (default: 100)")
     ap.add_argument("--teacher", default="follow-evade", choices=TEACHERS)
+    ap.add_argument("--teacher-drives", action="store_true", help="the teacher drives, the network is only asked")
     args = ap.parse_args()
     torch.manual_seed(0)
     net, ckpt = load_policy(args.policy)
@@ -75,8 +79,9 @@ def main() -> None:
     stats = {k: np.asarray(v, dtype=np.float32) for k, v in ckpt["stats"].items()}
     data = TeacherData(scene, stats, net.config.n_cond, args.teacher, seed=0)
     tracks = np.asarray(scene.episodes[args.split][:args.episodes])
-    outcome = data.drive(tracks, lambda images, states, size: net(images, states))
-    print(f"{Path(args.policy).name}: {len(tracks)} {args.split} episodes driven by the network "
+    outcome = data.drive(tracks, None if args.teacher_drives else (lambda images, states, size: net(images, states)))
+    driver = "the teacher" if args.teacher_drives else "the network"
+    print(f"{Path(args.policy).name}: {len(tracks)} {args.split} episodes driven by {driver} "
           f"({outcome['success']:.0%} success), {len(data):,} windows labelled by {args.teacher}")
     print(f"{'windows':34s} {'n':>7s} {'acc. error':>11s} {'acc. R^2':>9s} {'steer error':>12s} {'steer R^2':>10s}")
     for name, count, (acc_err, acc_r2), (steer_err, steer_r2) in fit_table(net, data, stats):

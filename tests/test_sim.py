@@ -328,6 +328,32 @@ def test_follow_yield_follows_a_vehicle_cutting_in_before_it_is_in_the_lane(drif
         assert yielding == evading
 
 
+@pytest.mark.parametrize("ahead", [50.0, 20.0])
+def test_lane_end_sight_keeps_a_lane_end_out_of_sight_out_of_car_following(ahead):
+    """On the on-ramp with no gap beside (the platoon), the car's front ``ahead`` metres
+    before the ramp's end at 10 m/s: follow-merge slows for it; with the lane's end counted
+    only within LOOK_AHEAD of the car's centre (what its state image shows), it does not at
+    50 m (free-road IDM, nothing ahead in its lane) and slows the same at 20 m."""
+    from traffic_sim.follow import IDM, follow_actions, idm_acceleration
+    from traffic_sim.raster import LOOK_AHEAD
+    from traffic_sim.roads import LANE_WIDTH
+
+    sc = _ramp_scene(platoon=True)
+    sim = ReplaySimulator(sc)
+    cars = sim.start([0])
+    cars.y[0] = sc.road.lane(7).y_end - ahead
+    cars.x[0], cars.ux[0], cars.uy[0] = 6.5 * LANE_WIDTH, 0.0, 1.0
+    assert sc.road.lane_at(cars.center_x, cars.center_y)[0] == 7
+    seen = follow_actions(sim, cars, merge=True)[0, 0]
+    sighted = follow_actions(sim, cars, merge=True, lane_end_sight=LOOK_AHEAD)[0, 0]
+    free = float(idm_acceleration(cars.v[0], np.inf, cars.v[0], IDM()))
+    assert seen < free - 1.0  # IDM behind a standing obstacle STOP_MARGIN before the end
+    if ahead + 0.5 * cars.length[0] > LOOK_AHEAD:
+        assert sighted == pytest.approx(free)
+    else:
+        assert sighted == seen
+
+
 @pytest.mark.parametrize("platoon", [False, True])
 def test_follow_merge_leaves_a_ramp_that_ends_and_waits_for_a_gap(platoon):
     from traffic_sim.follow import GAP_MIN, STOP_MARGIN, merge_targets

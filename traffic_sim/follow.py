@@ -132,11 +132,13 @@ def merge_targets(road) -> dict:
 
 
 def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
-                   evade: Optional[Evasion] = None) -> np.ndarray:
+                   evade: Optional[Evasion] = None, lane_end_sight: float = np.inf) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
     in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
     out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters;
-    ``evade``: how its acceleration also evades (None: it does not)."""
+    ``evade``: how its acceleration also evades (None: it does not); ``lane_end_sight`` [m]:
+    the end of its lane counts (it slows to wait short of it) only within this distance of
+    its centre (e.g. :data:`~traffic_sim.raster.LOOK_AHEAD`, what its state image shows)."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
@@ -171,7 +173,8 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
             if not mine.any():
                 continue
             # [m] from the car's front to its lane's end
-            to_end = sc.road.to_lane_end(cars.center_x, cars.center_y) - (cars.y - cars.center_y)
+            to_centre = sc.road.to_lane_end(cars.center_x, cars.center_y)
+            to_end = np.where(to_centre <= lane_end_sight, to_centre - (cars.y - cars.center_y), np.inf)
             # the true gaps in the lane it merges into: ahead (its rear to the car's front) and
             # behind (the car's rear to its front), with the speeds of those vehicles
             there = valid & (np.abs(other_cx - into.center) < 0.5 * into.width)
