@@ -33,12 +33,11 @@ from data.dataset import (Dataset, denormalise_actions, normalise_actions,  # no
 from policy.net import PolicyConfig  # noqa: E402
 from policy.train import PRESETS, dataset_scene, with_separated, within_bounds  # noqa: E402
 from traffic_sim.evaluate import run_episodes, summarise  # noqa: E402
-from traffic_sim.follow import EVADE_IDM, YIELD_EVASION, Evasion, follow_actions  # noqa: E402
 from traffic_sim.paths import artifacts_dir  # noqa: E402
-from traffic_sim.sim import ReplaySimulator  # noqa: E402
+from traffic_sim.sim import ReplaySimulator, builtin_actions  # noqa: E402
 
 
-EVASIONS = {"follow-evade": Evasion(), "follow-yield": YIELD_EVASION}
+TEACHERS = ("follow-evade", "follow-yield")
 
 
 class BoundedTeacher:
@@ -49,10 +48,10 @@ class BoundedTeacher:
 
     def __init__(self, scene, config: Optional[PolicyConfig], stats: dict, teacher: str = "follow-evade"):
         self.sim = ReplaySimulator(scene)  # for its neighbour queries (stateless)
-        self.config, self.stats, self.evasion = config, stats, EVASIONS[teacher]
+        self.config, self.stats, self.teacher = config, stats, teacher
 
     def __call__(self, obs, states, cars) -> np.ndarray:
-        actions = follow_actions(self.sim, cars, merge=True, idm=EVADE_IDM, evade=self.evasion)
+        actions = builtin_actions(self.sim, cars, self.teacher)
         if self.config is None:
             return actions
         target = torch.from_numpy(normalise_actions(actions.astype(np.float32), self.stats))
@@ -78,7 +77,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default=None, help="dataset folder (default: <artifacts>/datasets/default)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--episodes", type=int, default=None, help="the first N episodes of the split")
-    ap.add_argument("--teacher", default="follow-evade", choices=list(EVASIONS), help="the driver (default: follow-evade)")
+    ap.add_argument("--teacher", default="follow-evade", choices=TEACHERS, help="the driver (default: follow-evade)")
     args = ap.parse_args(argv)
     path = Path(args.dataset) if args.dataset else artifacts_dir() / "datasets" / "default"
     if not (path / "manifest.json").is_file():
