@@ -37,7 +37,7 @@ from policy.driver import load_policy, policy_driver  # noqa: E402
 from policy.rollout import CostWeights, discounted, rollout_separated  # noqa: E402
 from policy.train import dataset_scene  # noqa: E402
 from traffic_sim.evaluate import run_episodes  # noqa: E402
-from traffic_sim.sim import DT, HIT_KINDS  # noqa: E402
+from traffic_sim.sim import BUILTIN_POLICIES, DT, HIT_KINDS  # noqa: E402
 from world_model.train import load_model  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def main() -> None:
                     help="split of the policy's dataset (default: test)")
     ap.add_argument("--episodes", type=int, default=None, help="first N episodes of the split (default: all)")
     ap.add_argument("--lanes-only", action="store_true", help="only the outcomes by start lane, for any policy")
-    ap.add_argument("--reference", default="follow", choices=["follow", "follow-merge", "follow-evade", "follow-yield"],
+    ap.add_argument("--reference", default="follow", choices=BUILTIN_POLICIES[2:],
                     help="the built-in driver beside it (default: follow)")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ import numpy as np
 
 from traffic_sim.cli_util import UserError, doc
 from traffic_sim.paths import artifacts_dir, atomic_output
+from traffic_sim.sim import BUILTIN_POLICIES
 
 from .train import METHOD_MODEL, METHODS, PRESETS
 
@@ -150,8 +151,8 @@ def report_command(cfg: ReportConfig) -> str:
             pick = np.random.default_rng(0).choice(len(tracks), cfg.episodes, replace=False)
             tracks = tracks[np.sort(pick)]
         rows = []
-        # the references: recorded, none, car following (merging, evading) with the true gaps
-        for name in ("human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield"):
+        # the references: recorded, none, car following (merging, evading, yielding) with the true gaps
+        for name in BUILTIN_POLICIES:
             rows.append({"method": name, "seed": "", **summarise(name, run_episodes(scene, tracks, name))})
         for (method, seed), folder in trained.items():
             driver = policy_driver(folder, scene, name=f"{method}-seed{seed}")

@@ -111,8 +111,8 @@ def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarr
     car's own recorded track, ``no-action`` keeps speed and heading, ``follow`` is car
     following with the true gaps (:mod:`traffic_sim.follow`), ``follow-merge`` the same that
     also merges out of a lane that ends, ``follow-evade`` that with a shorter headway and
-    evasion of vehicles closing in from behind and from the side, ``follow-yield`` that
-    also yielding to vehicles about to cut in."""
+    evasion of vehicles closing in from behind and from the side, and ``follow-yield`` that
+    also yields to vehicles about to cut in."""
     if policy == "human":
         return sim.human_actions(cars)
     if policy == "no-action":
