@@ -10,13 +10,14 @@ the driver converts in both directions.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from data.dataset import denormalise_actions, normalise_states
+from data.dataset import MANIFEST, denormalise_actions, normalise_states
 from traffic_sim.evaluate import ENSEMBLE, ensemble_members
 
 POLICY_KIND = "ppuu-policy"
@@ -92,8 +93,22 @@ class Driver:
         return self.probe(self.images, self.states, a, self.last_size.to(self.device)).cpu().numpy()
 
 
-def load_policy(path, device="cpu"):
-    """``(PolicyNet in eval mode, checkpoint dict)`` from a policy checkpoint (file or folder)."""
+def dataset_road(manifest: dict):
+    """The road (:class:`~traffic_sim.roads.Road`) of a dataset's traffic, from its manifest."""
+    from traffic_sim.cli_util import UserError
+    from traffic_sim.roads import road_for
+
+    locations = set(manifest.get("locations") or [])
+    if len(locations) != 1:
+        raise UserError(f"a policy that reads its lane's end needs a dataset of one location, "
+                        f"not {sorted(locations) or 'none named'}")
+    return road_for(locations.pop())
+
+
+def load_policy(path, device="cpu", road=None):
+    """``(PolicyNet in eval mode, checkpoint dict)`` from a policy checkpoint (file or folder).
+    A policy that reads its lane's end (``lane_end_input``) drives on ``road`` (default: the
+    road of the dataset it was trained on)."""
     from world_model.train import load_checkpoint
 
     from .net import PolicyConfig, PolicyNet
@@ -105,12 +120,17 @@ def load_policy(path, device="cpu"):
     net = PolicyNet(PolicyConfig.from_dict(ckpt["policy_config"])).to(device)
     net.load_state_dict(ckpt["policy"])
     net.eval()
+    if net.config.lane_end_input:
+        if road is None:
+            manifest = json.loads((Path(ckpt["dataset"]) / MANIFEST).read_text())
+            road = dataset_road(manifest)
+        net.use_road(road, ckpt["stats"])
     return net, ckpt
 
 
 def policy_driver(path, scene, device="cpu", name: Optional[str] = None) -> Driver:
     """A driver for the policy checkpoint at ``path``."""
-    net, ckpt = load_policy(path, device)
+    net, ckpt = load_policy(path, device, road=scene.road)
 
     def act(images, states, car_size):
         return net(images, states)
@@ -129,7 +149,7 @@ def ensemble_driver(paths, scene, device="cpu", name: Optional[str] = None) -> D
     have been trained on the same dataset (same normalisation) and see as many frames."""
     from traffic_sim.cli_util import UserError
 
-    loaded = [load_policy(p, device) for p in paths]
+    loaded = [load_policy(p, device, road=scene.road) for p in paths]
     first = loaded[0][1]
     for path, (net, ckpt) in zip(paths[1:], loaded[1:]):
         if net.config.n_cond != loaded[0][0].config.n_cond:

@@ -18,6 +18,14 @@ acceleration apart (a car brakes harder than it accelerates), ``steer_bound`` th
 ``lateral_acc`` bounds the steering by a lateral acceleration instead where that allows more:
 a curvature of ``lateral_acc / speed**2`` (up to :data:`TURN_MAX`), which at highway speeds
 is below the steering's bound and lets a car that creeps turn as sharply as a car can.
+
+``lane_end_input`` also gives the policy what a driver knows from the map and the signs: whether
+the lane it drives in ends ahead (an on-ramp it must merge out of) and how far away that end is
+(:func:`lane_end_inputs`, from :meth:`~traffic_sim.roads.Road.to_lane_end`). The images show a
+lane's end only within 35.7 m, and a car on the on-ramp sees the same picture as a car in the
+rightmost lane of the main road beyond it: the road stretches nothing but the map tells apart.
+It reads the road the car drives on (:meth:`PolicyNet.use_road`: the simulator's, the
+dataset's), so a policy taught on one location drives another's road as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -33,6 +42,19 @@ from world_model.model import IMAGE_SHAPE, ConvEncoder, conv_out
 STATE_DIM = 4
 ACTION_DIM = 2
 TURN_MAX = 0.2  # [1/m] the sharpest steering lateral_acc allows: a 5 m turning radius
+LANE_END_RANGE = 300.0  # [m] distance to the lane's end at which lane_end_input's distance saturates
+N_LANE_END = 2  # inputs of lane_end_input
+
+
+def lane_end_inputs(road, x, y) -> np.ndarray:
+    """(N, 2) float32 inputs of ``lane_end_input`` for cars at (x, y) [m] on ``road`` (a
+    :class:`~traffic_sim.roads.Road`): 1 where the car's lane ends ahead with no lane going on in
+    its place (else 0), and the distance to that end over :data:`LANE_END_RANGE`, within [0, 1]
+    (1 where it does not end)."""
+    to_end = road.to_lane_end(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    ends = np.isfinite(to_end)
+    distance = np.where(ends, np.clip(np.where(ends, to_end, 0.0) / LANE_END_RANGE, 0.0, 1.0), 1.0)
+    return np.stack([ends, distance], axis=-1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class PolicyConfig:
     steer_bound: Optional[float] = None  # soft bound of the steering (None: action_bound)
     lateral_acc: Optional[float] = None  # [m/s^2] the steering's bound rises to lateral_acc / speed^2 where that is more
     units: Optional[tuple] = None  # with lateral_acc: (vx mean, vx std, vy mean, vy std) [m/s], steering std [1/m]
+    lane_end_input: bool = False  # also input whether the car's lane ends ahead, and how far (lane_end_inputs)
 
     @staticmethod
     def from_dict(d: dict) -> "PolicyConfig":
@@ -94,8 +117,10 @@ class PolicyNet(nn.Module):
             h, w = conv_out(h), conv_out(w)
         n_map = cfg.n_feature * h * w
         self.encoder = ConvEncoder(cfg.n_cond * IMAGE_SHAPE[0], cfg.n_feature, dropout=0.0)
+        self.road = self.positions = None  # with lane_end_input: the road driven on (use_road)
         self.state_encoder = nn.Sequential(
-            nn.Linear(min(cfg.n_states, cfg.n_cond) * STATE_DIM, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(min(cfg.n_states, cfg.n_cond) * STATE_DIM + (N_LANE_END if cfg.lane_end_input else 0),
+                      cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(cfg.n_hidden, n_map))
         self.head = nn.Sequential(
             nn.LeakyReLU(0.2), nn.Linear(n_map, cfg.n_hidden), nn.LeakyReLU(0.2, inplace=True),
@@ -104,14 +129,34 @@ class PolicyNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
+    def use_road(self, road, stats: dict) -> "PolicyNet":
+        """Drive on ``road`` (a :class:`~traffic_sim.roads.Road`), whose states are normalised with
+        ``stats`` (``state_mean``, ``state_std``): what ``lane_end_input`` reads. Returns self."""
+        self.road = road
+        self.positions = (np.asarray(stats["state_mean"], dtype=np.float64)[:2],
+                          np.asarray(stats["state_std"], dtype=np.float64)[:2])
+        return self
+
+    def lane_end(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, 2) the inputs of ``lane_end_input`` at the normalised current states (B, 4)."""
+        if self.road is None:
+            raise RuntimeError("this policy reads the distance to its lane's end: give it the road first "
+                               "(PolicyNet.use_road)")
+        mean, std = self.positions
+        xy = state[:, :2].detach().double().cpu().numpy() * std + mean
+        return torch.from_numpy(lane_end_inputs(self.road, xy[:, 0], xy[:, 1])).to(state.device)
+
     def forward(self, images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """images (B, n_cond, 3, H, W) uint8 or float in [0, 1], states (B, n_cond, 4)
         normalised -> normalised action (B, 2)."""
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
+        now = states[:, -1]
         states = states[:, -min(self.config.n_states, self.config.n_cond):]
-        relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1)
-        h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative.flatten(1))
+        relative = torch.cat([states[..., :2] - states[:, -1:, :2], states[..., 2:]], -1).flatten(1)
+        if self.config.lane_end_input:
+            relative = torch.cat([relative, self.lane_end(now).to(relative.dtype)], 1)
+        h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative)
         raw = self.head(h).float()
         (brake, _), (bound, _) = self.config.limits()
         turn = self.config.turn_limit(states[:, -1].detach().float())  # a bound, not a cost

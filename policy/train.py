@@ -44,7 +44,7 @@ from world_model.train import (CHECKPOINT, LOG, CsvLog, GuardedStep, Progress, a
                                get_rng_state, load_checkpoint, load_model, resolve_precision,
                                run_training, save_checkpoint, set_rng_state, weights_digest)
 
-from .driver import BEST, POLICY_KIND, Driver
+from .driver import BEST, POLICY_KIND, Driver, dataset_road
 from .net import PolicyConfig, PolicyNet
 from .rollout import (CostWeights, discounted, expert_uncertainty_stats, predicted_world, rollout,
                       rollout_separated)
@@ -227,6 +227,10 @@ class TrainPolicyConfig:
         "the soft bound of the steering (a curvature), in standard deviations of the expert's steering "
         "(default: the preset's; none: the action bound; 3 is an 83 m turning radius, so a car that "
         "creeps needs more than 30 m to change lanes)", None)
+    lane_end_input: Optional[bool] = doc(
+        "also give the policy what a map tells a driver: whether its lane ends ahead (an on-ramp it must "
+        "merge out of) and how far away that end is, which its images show only within 35.7 m (default: "
+        "off; give it again to an --init from a policy trained with it)", None)
     lateral_acc: Optional[float] = doc(
         "[m/s^2] where it allows more, bound the steering by this lateral acceleration instead: a "
         "curvature of A / speed^2, up to a 5 m turning radius, so that a car that creeps can change "
@@ -722,6 +726,9 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
             if not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
             preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy, **{name: value}))
+    if cfg.lane_end_input is not None:
+        preset = dataclasses.replace(preset, policy=dataclasses.replace(preset.policy,
+                                                                        lane_end_input=cfg.lane_end_input))
     if cfg.horizon is not None:
         if cfg.horizon < 1:
             raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
@@ -885,6 +892,8 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         preset = dataclasses.replace(preset, policy=preset.policy.with_units(stats))
     torch.manual_seed(cfg.seed)
     net = PolicyNet(preset.policy).to(device)
+    if preset.policy.lane_end_input:
+        net.use_road(dataset_road(dataset.manifest), stats)
     if cfg.init and resume_ckpt is None:
         init_weights(net, cfg.init, device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)

@@ -1093,6 +1093,84 @@ def test_policy_sees_only_its_most_recent_states():
     assert not torch.allclose(full(images, states), full(images, older))
 
 
+def test_lane_end_inputs_tell_the_on_ramp_from_the_lane_beside_it():
+    """On I-80 the on-ramp (lane 7) ends 244 m along the road with no lane in its place; lane
+    6 beside it goes on. The inputs say so, with the distance over LANE_END_RANGE."""
+    from policy.net import LANE_END_RANGE, lane_end_inputs
+    from traffic_sim.roads import i80_road
+
+    road = i80_road()
+    ramp, main = (next(ln for ln in road.lanes if ln.lane_id == k) for k in (7, 6))
+    end = road.span(ramp)[1]
+    x = np.array([ramp.center, ramp.center, main.center, ramp.center])
+    y = np.array([end - 150.0, end - 1.0, end - 150.0, end - 0.5 * LANE_END_RANGE])
+    got = lane_end_inputs(road, x, y)
+    np.testing.assert_allclose(got, [[1, 150.0 / LANE_END_RANGE], [1, 1.0 / LANE_END_RANGE], [0, 1], [1, 0.5]],
+                               atol=1e-6)
+    assert got.dtype == np.float32
+
+
+def test_policy_reads_its_lanes_end_from_the_road_it_drives_on():
+    """With lane_end_input the same images and states give another action on the on-ramp
+    than in the lane beside it, 3.66 m over (the images alone can show the same road there);
+    without a road it says what is missing."""
+    from policy.net import N_LANE_END
+    from traffic_sim.roads import i80_road
+
+    torch.manual_seed(0)
+    road = i80_road()
+    ramp, main = (next(ln for ln in road.lanes if ln.lane_id == k) for k in (7, 6))
+    stats = {"state_mean": [0.0, 0.0, 0.0, 10.0], "state_std": [1.0, 1.0, 1.0, 5.0]}
+    cfg = PolicyConfig(n_cond=4, n_feature=8, n_hidden=16, lane_end_input=True)
+    net = PolicyNet(cfg)
+    assert net.state_encoder[0].in_features == 4 * 4 + N_LANE_END
+    torch.nn.init.normal_(net.head[-1].weight)
+    images = torch.rand(1, 4, 3, IMAGE_H, IMAGE_W)
+    states = torch.zeros(1, 4, 4)
+    states[..., 1] = torch.arange(4.0) + 100.0  # along the road [m], 1 m per frame
+    with pytest.raises(RuntimeError, match="use_road"):
+        net(images, states)
+    net.use_road(road, stats)
+    on_ramp, beside = states.clone(), states.clone()
+    on_ramp[..., 0], beside[..., 0] = ramp.center, main.center
+    assert not torch.allclose(net(images, on_ramp), net(images, beside))
+    plain = PolicyNet(dataclasses.replace(cfg, lane_end_input=False))
+    torch.nn.init.normal_(plain.head[-1].weight)
+    assert torch.allclose(plain(images, on_ramp), plain(images, beside))  # it sees relative positions only
+
+
+def test_teach_and_mpur_with_the_lane_end_input_drive_on_the_datasets_road(trained, tmp_path):
+    """--lane-end-input through teach (the network drives a collection and validates), an
+    --init into separated mpur (the network unrolled through the model) and a driver on the
+    scene's road; an --init without the flag is another network."""
+    from data.dataset import Dataset
+    from policy.driver import load_policy, policy_driver
+    from policy.train import TrainPolicyConfig, dataset_scene, train_policy
+    from traffic_sim.cli_util import UserError
+    from traffic_sim.roads import i80_road
+    from traffic_sim.sim import ReplaySimulator
+
+    taught = train_policy(TrainPolicyConfig(method="teach", preset="tiny", steps=12, quiet=True, val_episodes=2,
+                                            lane_end_input=True, dataset=str(trained["dataset"]),
+                                            out=str(tmp_path / "teach")))
+    net, ckpt = load_policy(taught)
+    assert net.config.lane_end_input and net.road.name == "synthetic-i80"
+    assert [bool(r["teacher_drives"]) for r in ckpt["teacher"]["records"]] == [True, False]
+    common = dict(method="mpur", preset="tiny", quiet=True, model=str(trained["deterministic"]), val_episodes=0,
+                  separate_ego=True, init=str(taught))
+    out = train_policy(TrainPolicyConfig(out=str(tmp_path / "mpur"), steps=2, lane_end_input=True, **common))
+    assert load_policy(out)[0].config.lane_end_input
+    with pytest.raises(UserError, match="different network"):
+        train_policy(TrainPolicyConfig(out=str(tmp_path / "plain"), steps=0, **common))
+    assert load_policy(out, road=i80_road())[0].road.name == "i-80"  # another location's road, as given
+    scene = dataset_scene(Dataset.open(trained["dataset"]))
+    sim = ReplaySimulator(scene)
+    cars = sim.start(scene.episodes["val"][:2])
+    driver = policy_driver(out, scene)
+    a = driver(sim.observe(cars), cars.state_vector(), cars)
+    assert a.shape == (2, 2) and np.isfinite(a).all()
+
+
 def test_init_starts_from_another_policy(trained, tmp_path):
     from policy.driver import load_policy
     from policy.train import TrainPolicyConfig, train_policy
