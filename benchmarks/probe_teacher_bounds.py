@@ -1,7 +1,7 @@
 """How far the privileged teacher gets with only the actions a policy network can output.
 
     python benchmarks/probe_teacher_bounds.py [--split test] [--episodes N] [--dataset DIR]
-                                              [--teacher follow-evade|follow-yield]
+                                              [--teacher follow-evade|follow-yield|follow-wait]
 
 Drives ``follow-evade`` (or ``--teacher``; ``traffic_sim/follow.py``) with its actions clipped, at every step,
 to the soft bounds of the network that ``train-policy --method teach`` teaches it to (the
@@ -37,7 +37,7 @@ from traffic_sim.paths import artifacts_dir  # noqa: E402
 from traffic_sim.sim import ReplaySimulator, builtin_actions  # noqa: E402
 
 
-TEACHERS = ("follow-evade", "follow-yield")
+TEACHERS = ("follow-evade", "follow-yield", "follow-wait")
 
 
 class BoundedTeacher:

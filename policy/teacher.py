@@ -2,7 +2,7 @@
 
 ``python run.py train-policy --method teach`` teaches the network of ``--separate-ego`` to
 copy the actions of a driver that reads the true state (``follow``, ``follow-merge``,
-``follow-evade``, ``follow-yield``: :mod:`traffic_sim.follow`), in the states the network's own driving
+``follow-evade``, ``follow-yield``, ``follow-wait``: :mod:`traffic_sim.follow`), in the states the network's own driving
 reaches: DAgger (Ross, Gordon and Bagnell 2011) with a privileged teacher (Chen et al.
 2019, "Learning by Cheating"). ``--teacher NAME`` adds the same imitation to the
 other methods' costs, weighted by ``--teacher-weight``.
@@ -36,7 +36,7 @@ from data.dataset import normalise_actions
 
 from .driver import Driver
 
-TEACHERS = ("follow", "follow-merge", "follow-evade", "follow-yield")
+TEACHERS = ("follow", "follow-merge", "follow-evade", "follow-yield", "follow-wait")
 DEFAULT_TEACHER = "follow-evade"  # of --method teach: the best of them (README)
 HARD_BRAKE = -2.0  # [m/s^2] a teacher's acceleration below this is braking hard (brake_share)
 
@@ -160,11 +160,12 @@ class TeacherData:
         """(N,) whether the teacher's evasion made its acceleration differ from its car
         following (``follow-evade`` and ``follow-yield`` evade; the latter's yielding to a
         vehicle cutting in counts too)."""
-        if self.teacher not in ("follow-evade", "follow-yield"):
+        if self.teacher not in ("follow-evade", "follow-yield", "follow-wait"):
             return np.zeros(len(expert), dtype=bool)
-        from traffic_sim.follow import EVADE_IDM, follow_actions
+        from traffic_sim.follow import EVADE_IDM, WAIT_BRAKE, follow_actions
 
-        plain = follow_actions(sim, cars, merge=True, idm=EVADE_IDM).astype(np.float32)
+        wait = WAIT_BRAKE if self.teacher == "follow-wait" else None
+        plain = follow_actions(sim, cars, merge=True, idm=EVADE_IDM, wait_brake=wait).astype(np.float32)
         return np.abs(expert[:, 0] - plain[:, 0]) > 1e-4
 
     def _add(self, frames, states, labels, evading, merging, steps) -> None:

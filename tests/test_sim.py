@@ -354,6 +354,35 @@ def test_lane_end_sight_keeps_a_lane_end_out_of_sight_out_of_car_following(ahead
         assert sighted == seen
 
 
+@pytest.mark.parametrize("ahead", [120.0, 60.0])
+def test_follow_wait_brakes_evenly_for_its_waiting_place_and_does_not_steer_standing(ahead):
+    """On the on-ramp with no gap beside (the platoon), the car's front ``ahead`` metres before
+    the ramp's end at 16 m/s: stopping STOP_MARGIN short of the end takes v^2 / (2 (ahead -
+    STOP_MARGIN)); at 120 m that is under WAIT_BRAKE and follow-wait brakes as follow-evade
+    does, at 60 m it is more and it brakes at exactly that (IDM alone brakes less there).
+    Standing 1 m left of the ramp's centre, turned towards lane 6, follow-evade steers back
+    and follow-wait does not steer."""
+    from traffic_sim.follow import STILL, STOP_MARGIN, WAIT_BRAKE
+    from traffic_sim.roads import LANE_WIDTH
+
+    sc = _ramp_scene(platoon=True)
+    sim = ReplaySimulator(sc)
+    cars = sim.start([0])
+    cars.y[0] = sc.road.lane(7).y_end - ahead
+    cars.x[0], cars.ux[0], cars.uy[0], cars.v[0] = 6.5 * LANE_WIDTH, 0.0, 1.0, 16.0
+    evade, wait = builtin_actions(sim, cars, "follow-evade")[0], builtin_actions(sim, cars, "follow-wait")[0]
+    even = 16.0 ** 2 / (2 * (ahead - STOP_MARGIN))
+    if even < WAIT_BRAKE:
+        assert wait[0] == evade[0]
+    else:
+        assert wait[0] == pytest.approx(-even) and evade[0] > -even + 0.5
+    cars.x[0] -= 1.0
+    cars.ux[0], cars.uy[0] = -0.1, float(np.sqrt(1 - 0.01))
+    cars.v[0] = 0.5 * STILL
+    evade, wait = builtin_actions(sim, cars, "follow-evade")[0], builtin_actions(sim, cars, "follow-wait")[0]
+    assert evade[1] > 0.5 and wait[1] == 0.0
+
+
 @pytest.mark.parametrize("platoon", [False, True])
 def test_follow_merge_leaves_a_ramp_that_ends_and_waits_for_a_gap(platoon):
     from traffic_sim.follow import GAP_MIN, STOP_MARGIN, merge_targets

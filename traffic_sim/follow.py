@@ -24,6 +24,13 @@ moving sideways into it. Of the settings of
 beside it that, moving sideways as it does now, would be in its way within
 :data:`YIELD_EVASION`'s ``cut_in`` seconds counts as a vehicle ahead for car following,
 before it is in the lane.
+
+``--policy follow-wait`` is ``follow-evade`` that slows for its waiting place short of a lane's
+end early and evenly instead of late and hard: once stopping there takes
+:data:`WAIT_BRAKE`, it brakes at what stops it there (IDM behind a standing obstacle brakes
+little at first and up to its limit in the last tens of metres). Standing (below
+:data:`STILL`), it does not steer unless it merges: a standing car's heading is in neither
+its images nor its state, so the steering that would correct it is not for a copy to learn.
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ MERGE_CLOSING_TIME = 1.5  # [s] extra gap from the one behind per m/s it is fast
 # follow-evade
 ALONGSIDE = 3.0  # [m] beyond overlapping it along the road, a vehicle still counts as alongside
 EVADE_FREE = -1.0  # [m/s^2] it accelerates to evade only when car following commands more than this
+# follow-wait
+WAIT_BRAKE = 1.0  # [m/s^2] it starts braking for its waiting place when stopping there takes this
+STILL = 0.5  # [m/s] below this it stands: it does not steer unless it merges
 
 
 @dataclass(frozen=True)
@@ -132,13 +142,17 @@ def merge_targets(road) -> dict:
 
 
 def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
-                   evade: Optional[Evasion] = None, lane_end_sight: float = np.inf) -> np.ndarray:
+                   evade: Optional[Evasion] = None, lane_end_sight: float = np.inf,
+                   wait_brake: Optional[float] = None) -> np.ndarray:
     """(N, 2) actions (acceleration [m/s^2], steering [1/m]) of the follower for ``cars``
     in ``sim`` (a :class:`~traffic_sim.sim.ReplaySimulator`); with ``merge``, it also merges
     out of a lane that ends (``follow-merge``). ``idm``: its car-following parameters;
     ``evade``: how its acceleration also evades (None: it does not); ``lane_end_sight`` [m]:
     the end of its lane counts (it slows to wait short of it) only within this distance of
-    its centre (e.g. :data:`~traffic_sim.raster.LOOK_AHEAD`, what its state image shows)."""
+    its centre (e.g. :data:`~traffic_sim.raster.LOOK_AHEAD`, what its state image shows);
+    ``wait_brake`` [m/s^2]: it brakes evenly for its waiting place once stopping there takes
+    this, and does not steer while it stands unless it merges (``follow-wait``; None: IDM
+    alone, and it steers)."""
     sc = sim.scene
     frame = np.minimum(cars.frame, sc.n_frames - 1)
     rows, valid = sim.neighbours(frame, cars.center_x, cars.center_y, cars.track)
@@ -167,6 +181,7 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
         centre[ln.lane_id] = ln.center
     target = np.where(lane > 0, centre[lane], cars.center_x)
     heading_max = np.full(len(lane), HEADING_MAX)
+    merging = np.zeros(len(lane), dtype=bool)
     if merge:
         for lane_id, into in merge_targets(sc.road).items():
             mine = lane == lane_id
@@ -191,12 +206,19 @@ def follow_actions(sim, cars, merge: bool = False, idm: IDM = IDM(),
             # it waits behind a standing obstacle short of the end, and creeps to the end itself
             # while it merges
             stop_gap = np.where(go, to_end, to_end - STOP_MARGIN)
-            acc = np.where(mine, np.minimum(acc, np.clip(idm_acceleration(cars.v, np.maximum(stop_gap, 0.0), 0.0, idm),
-                                                         *ACC_LIMITS)), acc)
+            stop = idm_acceleration(cars.v, np.maximum(stop_gap, 0.0), 0.0, idm)
+            if wait_brake is not None:  # [m/s^2] what stops it at its waiting place, once that is wait_brake
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    even = np.where(stop_gap > 0.0, cars.v ** 2 / (2.0 * stop_gap), np.inf)
+                stop = np.where(~go & (even >= wait_brake), np.minimum(stop, -even), stop)
+            acc = np.where(mine, np.minimum(acc, np.clip(stop, *ACC_LIMITS)), acc)
+            merging |= go
             target = np.where(go, into.center, target)
             heading_max = np.where(go, MERGE_HEADING_MAX, heading_max)
     heading = np.clip(HEADING_GAIN * (target - cars.center_x), -heading_max, heading_max)
     steer = STEER_GAIN * (heading - cars.ux) / (np.maximum(cars.v, 1.0) * DT)
+    if wait_brake is not None:
+        steer = np.where((cars.v < STILL) & ~merging, 0.0, steer)
     if evade is not None:
         acc = _evade(acc, evade, sc, cars, rows, valid, speeds, other_cx, overlap)
     return np.stack([acc, steer], axis=1)

@@ -99,7 +99,7 @@ class Cars:
         return np.stack([self.x, self.y, self.v * self.ux, self.v * self.uy], axis=1).astype(np.float32)
 
 
-BUILTIN_POLICIES = ("human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield")
+BUILTIN_POLICIES = ("human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield", "follow-wait")
 # How a controlled car collided, from the side of its box that the other vehicle entered by
 # the least: "front" (it ran into a vehicle ahead), "rear" (a vehicle ran into it from
 # behind), "side" (a vehicle alongside, changing lanes into it or it into them).
@@ -111,8 +111,9 @@ def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarr
     car's own recorded track, ``no-action`` keeps speed and heading, ``follow`` is car
     following with the true gaps (:mod:`traffic_sim.follow`), ``follow-merge`` the same that
     also merges out of a lane that ends, ``follow-evade`` that with a shorter headway and
-    evasion of vehicles closing in from behind and from the side, and ``follow-yield`` that
-    also yields to vehicles about to cut in."""
+    evasion of vehicles closing in from behind and from the side, ``follow-yield`` that
+    also yields to vehicles about to cut in, and ``follow-wait`` ``follow-evade`` that slows
+    evenly for its waiting place before a lane's end and does not steer while it stands."""
     if policy == "human":
         return sim.human_actions(cars)
     if policy == "no-action":
@@ -129,6 +130,10 @@ def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarr
         from .follow import EVADE_IDM, YIELD_EVASION, follow_actions
 
         return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=YIELD_EVASION)
+    if policy == "follow-wait":
+        from .follow import EVADE_IDM, WAIT_BRAKE, Evasion, follow_actions
+
+        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion(), wait_brake=WAIT_BRAKE)
     raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(BUILTIN_POLICIES)}")
 
 

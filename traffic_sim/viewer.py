@@ -775,7 +775,7 @@ class EnvRenderer:
 class WatchConfig:
     """Watch a car drive in replayed traffic (pygame window, or --record to a file)."""
 
-    policy: str = doc("driver of the blue car: human, no-action, follow, follow-merge, follow-evade, follow-yield, mpc, a policy checkpoint "
+    policy: str = doc("driver of the blue car: human, no-action, follow, follow-merge, follow-evade, follow-yield, follow-wait, mpc, a policy checkpoint "
                       "(file or train-policy folder) or checkpoints joined by + (their mean action)", "human")
     split: str = doc("episode split: train, val, test or all", "test")
     trajectories: Optional[str] = doc("trajectory file (default: the embedded synthetic traffic)", None)
