@@ -6,7 +6,8 @@ method and seed (the paper's methods, and ``mpur-sep`` / ``svg-sep`` / ``vg-sep`
 with the world separated from the car, ``train-policy --separate-ego``); then it drives every policy closed
 loop on the evaluation split together with the human, no-action and car-following
 (``follow``; ``follow-merge``, which also merges from the on-ramp; ``follow-evade``, which
-also evades; ``follow-yield``, which also yields to vehicles cutting in) references, and writes
+also evades; ``follow-yield``, which also yields to vehicles cutting in; ``follow-wait``, which
+slows evenly for the on-ramp's end) references, and writes
 
 - ``results.csv``: one row per policy (method and seed) and baseline,
 - ``summary.csv`` and ``report.md``: mean and standard deviation over seeds per method, and

@@ -894,11 +894,11 @@ def test_report_trains_what_is_missing_and_tabulates_seeds(trained, tmp_path, mo
     rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("human", ""), ("no-action", ""), ("follow", ""), ("follow-merge", ""), ("follow-evade", ""),
-        ("follow-yield", ""), ("il", "5"), ("il", "6"), ("svg", "5"), ("svg", "6"), ("vg-sep", "5"), ("vg-sep", "6")]
+        ("follow-yield", ""), ("follow-wait", ""), ("il", "5"), ("il", "6"), ("svg", "5"), ("svg", "6"), ("vg-sep", "5"), ("vg-sep", "6")]
     assert rows[0]["success_rate"] == "1"  # the recorded drivers
     summary = list(csv.DictReader(open(tmp_path / "report" / "summary.csv")))
-    assert [r["method"] for r in summary] == ["human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield", "il", "svg",
-                                                "vg-sep"]
+    assert [r["method"] for r in summary] == ["human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield",
+                                                "follow-wait", "il", "svg", "vg-sep"]
     il = [float(r["success_rate"]) for r in rows if r["method"] == "il"]
     assert float(summary[6]["success_rate"]) == pytest.approx(np.mean(il), abs=1e-5)
     assert "| svg |" in text and "forward model: stochastic" in text and "| vg-sep |" in text

@@ -113,7 +113,8 @@ class EvaluateConfig:
                       "following with the true gaps, a privileged reference), follow-merge (the "
                       "same, merging out of a lane that ends), follow-evade (that with a shorter "
                       "headway, also evading vehicles closing in from behind and alongside), follow-yield (that "
-                      "also yielding to vehicles about to cut in), mpc (planning "
+                      "also yielding to vehicles about to cut in), follow-wait (follow-evade slowing evenly for its "
+                      "waiting place before a lane's end), mpc (planning "
                       "with the forward model), a policy checkpoint (file or train-policy folder), or "
                       "checkpoints joined by + (one driver taking their mean action, e.g. the seeds "
                       "of one training)",
