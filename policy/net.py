@@ -23,7 +23,7 @@ is below the steering's bound and lets a car that creeps turn as sharply as a ca
 the lane it drives in ends ahead (an on-ramp it must merge out of) and how far away that end is
 (:func:`lane_end_inputs`, from :meth:`~traffic_sim.roads.Road.to_lane_end`). The images show a
 lane's end only within 35.7 m, and a car on the on-ramp sees the same picture as a car in the
-rightmost lane of the main road beyond it: the road stretches nothing but the map tells apart.
+rightmost lane of the main road beyond it: two stretches of road that only a map tells apart.
 It reads the road the car drives on (:meth:`PolicyNet.use_road`: the simulator's, the
 dataset's), so a policy taught on one location drives another's road as it is.
 """
@@ -51,10 +51,8 @@ def lane_end_inputs(road, x, y) -> np.ndarray:
     :class:`~traffic_sim.roads.Road`): 1 where the car's lane ends ahead with no lane going on in
     its place (else 0), and the distance to that end over :data:`LANE_END_RANGE`, within [0, 1]
     (1 where it does not end)."""
-    to_end = road.to_lane_end(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    ends = np.isfinite(to_end)
-    distance = np.where(ends, np.clip(np.where(ends, to_end, 0.0) / LANE_END_RANGE, 0.0, 1.0), 1.0)
-    return np.stack([ends, distance], axis=-1).astype(np.float32)
+    to_end = road.to_lane_end(np.asarray(x, dtype=float), np.asarray(y, dtype=float))  # inf: it does not end
+    return np.stack([np.isfinite(to_end), np.clip(to_end / LANE_END_RANGE, 0.0, 1.0)], axis=-1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ class PolicyNet(nn.Module):
         h = self.encoder(images.flatten(1, 2)).flatten(1) + self.state_encoder(relative)
         raw = self.head(h).float()
         (brake, _), (bound, _) = self.config.limits()
-        turn = self.config.turn_limit(states[:, -1].detach().float())  # a bound, not a cost
+        turn = self.config.turn_limit(now.detach().float())  # a bound, not a cost
         acc, steer = raw[:, 0], raw[:, 1]
         # each bound's slope is 1 at 0: near 0 the action is the raw output
         acc = torch.where(acc < 0, -brake * torch.tanh(acc / -brake), bound * torch.tanh(acc / bound))

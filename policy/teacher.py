@@ -158,8 +158,8 @@ class TeacherData:
 
     def _evading(self, sim, cars, expert: np.ndarray) -> np.ndarray:
         """(N,) whether the teacher's evasion made its acceleration differ from its car
-        following (``follow-evade`` and ``follow-yield`` evade; the latter's yielding to a
-        vehicle cutting in counts too)."""
+        following (``follow-evade``, ``follow-yield`` and ``follow-wait`` evade; the yielding
+        of ``follow-yield`` to a vehicle cutting in counts too)."""
         if self.teacher not in ("follow-evade", "follow-yield", "follow-wait"):
             return np.zeros(len(expert), dtype=bool)
         from traffic_sim.follow import EVADE_IDM, WAIT_BRAKE, follow_actions
