@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from data.dataset import normalise_actions
+from traffic_sim.follow import FOLLOWERS, follower_actions
 
 from .driver import Driver
 
-TEACHERS = ("follow", "follow-merge", "follow-evade", "follow-yield", "follow-wait")
+TEACHERS = tuple(FOLLOWERS)
 DEFAULT_TEACHER = "follow-evade"  # of --method teach: the best of them (README)
 HARD_BRAKE = -2.0  # [m/s^2] a teacher's acceleration below this is braking hard (brake_share)
 
@@ -160,12 +161,9 @@ class TeacherData:
         """(N,) whether the teacher's evasion made its acceleration differ from its car
         following (``follow-evade``, ``follow-yield`` and ``follow-wait`` evade; the yielding
         of ``follow-yield`` to a vehicle cutting in counts too)."""
-        if self.teacher not in ("follow-evade", "follow-yield", "follow-wait"):
+        if FOLLOWERS.get(self.teacher, {}).get("evade") is None:
             return np.zeros(len(expert), dtype=bool)
-        from traffic_sim.follow import EVADE_IDM, WAIT_BRAKE, follow_actions
-
-        wait = WAIT_BRAKE if self.teacher == "follow-wait" else None
-        plain = follow_actions(sim, cars, merge=True, idm=EVADE_IDM, wait_brake=wait).astype(np.float32)
+        plain = follower_actions(sim, cars, self.teacher, evade=False).astype(np.float32)
         return np.abs(expert[:, 0] - plain[:, 0]) > 1e-4
 
     def _add(self, frames, states, labels, evading, merging, steps) -> None:

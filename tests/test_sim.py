@@ -258,7 +258,7 @@ def test_follow_evade_speeds_away_from_a_vehicle_closing_in_from_behind(speed, e
     """The car at 10 m/s in lane 3, a vehicle behind it 6 m from its rear: at 14 m/s it would
     reach the car in 1.5 s (< 2 s), and the car accelerates at the limit; at the car's own
     speed it never would, and car following is left as it is."""
-    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, Evasion, follow_actions
+    from traffic_sim.follow import ACC_LIMITS, EVADE_IDM, Evasion, follow_actions, follower_actions
     from traffic_sim.roads import LANE_WIDTH
 
     lane3, start = 2.5 * LANE_WIDTH, 19  # the car takes over at the last of its 20 frames of history
@@ -273,6 +273,7 @@ def test_follow_evade_speeds_away_from_a_vehicle_closing_in_from_behind(speed, e
     assert following[0] < 1.0  # free road ahead at 10 m/s: IDM with a max. of 1 m/s^2
     assert evading[0] == (ACC_LIMITS[1] if evades else following[0])
     np.testing.assert_array_equal(builtin_actions(sim, cars, "follow-evade")[:, 0], evading)
+    np.testing.assert_array_equal(follower_actions(sim, cars, "follow-evade", evade=False)[:, 0], following)
 
 
 @pytest.mark.parametrize("ahead, expect", [(2.0, "brake"), (-2.0, "accelerate")])

@@ -113,6 +113,15 @@ class Evasion:
 
 YIELD_EVASION = Evasion(cut_in=2.0)  # follow-yield's: follow-evade's, yielding to vehicles cutting in
 
+# The built-in car followers by name: the keyword arguments of follow_actions that make each.
+FOLLOWERS = {
+    "follow": {},
+    "follow-merge": {"merge": True},
+    "follow-evade": {"merge": True, "idm": EVADE_IDM, "evade": Evasion()},
+    "follow-yield": {"merge": True, "idm": EVADE_IDM, "evade": YIELD_EVASION},
+    "follow-wait": {"merge": True, "idm": EVADE_IDM, "evade": Evasion(), "wait_brake": WAIT_BRAKE},
+}
+
 
 def _speeds(sc, rows, frame):
     """[m/s] speeds of the replayed vehicles at scene ``rows`` (N, K) at ``frame`` (N,)."""
@@ -248,3 +257,12 @@ def _evade(acc, evasion: Evasion, sc, cars, rows, valid, speeds, other_cx, overl
     from_ahead, from_behind = (threat & (along >= 0)).any(1), (threat & (along < 0)).any(1)
     out = np.where(from_behind & ~from_ahead & free, np.maximum(out, ACC_LIMITS[1]), out)
     return np.where(from_ahead, 0.5 * ACC_LIMITS[0], out)
+
+
+def follower_actions(sim, cars, name: str, evade: bool = True) -> np.ndarray:
+    """(N, 2) actions of the built-in follower ``name`` (a key of :data:`FOLLOWERS`); with
+    ``evade`` False, its car following alone, without its evasion."""
+    settings = dict(FOLLOWERS[name])
+    if not evade:
+        settings.pop("evade", None)
+    return follow_actions(sim, cars, **settings)

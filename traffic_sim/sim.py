@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .follow import FOLLOWERS, follower_actions
 from .ngsim import MAX_LENGTH
 from .raster import LOOK_AHEAD, LOOK_SIDE, Rasteriser
 from .scene import DT, HISTORY, Scene
@@ -99,7 +100,7 @@ class Cars:
         return np.stack([self.x, self.y, self.v * self.ux, self.v * self.uy], axis=1).astype(np.float32)
 
 
-BUILTIN_POLICIES = ("human", "no-action", "follow", "follow-merge", "follow-evade", "follow-yield", "follow-wait")
+BUILTIN_POLICIES = ("human", "no-action") + tuple(FOLLOWERS)
 # How a controlled car collided, from the side of its box that the other vehicle entered by
 # the least: "front" (it ran into a vehicle ahead), "rear" (a vehicle ran into it from
 # behind), "side" (a vehicle alongside, changing lanes into it or it into them).
@@ -118,22 +119,8 @@ def builtin_actions(sim: "ReplaySimulator", cars: Cars, policy: str) -> np.ndarr
         return sim.human_actions(cars)
     if policy == "no-action":
         return np.zeros((len(cars.track), 2))
-    if policy in ("follow", "follow-merge"):
-        from .follow import follow_actions
-
-        return follow_actions(sim, cars, merge=policy == "follow-merge")
-    if policy == "follow-evade":
-        from .follow import EVADE_IDM, Evasion, follow_actions
-
-        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion())
-    if policy == "follow-yield":
-        from .follow import EVADE_IDM, YIELD_EVASION, follow_actions
-
-        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=YIELD_EVASION)
-    if policy == "follow-wait":
-        from .follow import EVADE_IDM, WAIT_BRAKE, Evasion, follow_actions
-
-        return follow_actions(sim, cars, merge=True, idm=EVADE_IDM, evade=Evasion(), wait_brake=WAIT_BRAKE)
+    if policy in FOLLOWERS:
+        return follower_actions(sim, cars, policy)
     raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(BUILTIN_POLICIES)}")
 
 
