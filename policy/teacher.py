@@ -159,9 +159,9 @@ class TeacherData:
 
     def _evading(self, sim, cars, expert: np.ndarray) -> np.ndarray:
         """(N,) whether the teacher's evasion made its acceleration differ from its car
-        following (``follow-evade``, ``follow-yield`` and ``follow-wait`` evade; the yielding
+        following (the followers with an ``evade`` setting in :data:`FOLLOWERS`; the yielding
         of ``follow-yield`` to a vehicle cutting in counts too)."""
-        if FOLLOWERS.get(self.teacher, {}).get("evade") is None:
+        if FOLLOWERS[self.teacher].get("evade") is None:
             return np.zeros(len(expert), dtype=bool)
         plain = follower_actions(sim, cars, self.teacher, evade=False).astype(np.float32)
         return np.abs(expert[:, 0] - plain[:, 0]) > 1e-4
