@@ -81,6 +81,7 @@ class TeacherData:
         self.braking = np.zeros(0, dtype=bool)  # per window: the teacher brakes harder than HARD_BRAKE
         self.brakes = np.zeros(0, dtype=np.int64)  # those windows
         self.records = []  # per collection: {"tracks", "teacher_drives", "actions"} (tensors)
+        self.inherited = 0  # how many of the records came from another run (inherit)
         self.rng = np.random.default_rng([seed, 1])  # the windows of each imitation batch
 
     def __len__(self) -> int:
@@ -110,12 +111,29 @@ class TeacherData:
         self.records.append(record)
 
     def state(self) -> dict:
-        return {"records": self.records, "rng": json.dumps(self.rng.bit_generator.state)}
+        return {"records": self.records, "rng": json.dumps(self.rng.bit_generator.state),
+                "inherited": self.inherited}
 
     def load_state(self, state: dict) -> None:
         for record in state["records"]:
             self.replay(record)
         self.rng.bit_generator.state = json.loads(state["rng"])
+        self.inherited = int(state.get("inherited", 0))
+
+    def inherit(self, state: dict) -> None:
+        """Start from the windows another run collected (its :meth:`state`), replayed in the
+        simulator and labelled by this teacher; this run's own collections come after them
+        (:attr:`own`), on episodes of their own."""
+        if self.records:
+            raise ValueError("inherit before any collection")
+        for record in state["records"]:
+            self.replay(record)
+        self.inherited = len(self.records)
+
+    @property
+    def own(self) -> int:
+        """The collections this run drove itself."""
+        return len(self.records) - self.inherited
 
     @torch.no_grad()
     def _drive(self, tracks, act, replayed: Optional[np.ndarray], teacher_drives: Optional[bool] = None) -> dict:

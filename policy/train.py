@@ -302,6 +302,11 @@ class TrainPolicyConfig:
     brake_share: Optional[float] = doc(
         "with teach or --teacher: share of each imitation batch drawn from the windows where the teacher brakes "
         "harder than 2 m/s^2 (default: the preset's, 0: uniform)", None)
+    teacher_windows: Optional[bool] = doc(
+        "with --teacher beside another method's costs and an --init trained with a teacher (e.g. teach): "
+        "start the imitation from the windows that training collected (its collections replayed in the "
+        "simulator, labelled by --teacher) instead of a first collection driven by the teacher; this run's "
+        "own collections, driven by the policy, add to them (default: off)", None)
     val_episodes: Optional[int] = doc("closed-loop validation episodes (default: the preset's; 0: none)", None)
     precision: str = doc("auto | fp32 | bf16 (auto: bf16 on cuda and on CPUs with native bf16)",
                          "auto", choices=["auto", "fp32", "bf16"])
@@ -630,18 +635,20 @@ def average_weights(average: torch.nn.Module, net: torch.nn.Module, decay: float
             a.copy_(p)
 
 
-def init_weights(net: PolicyNet, path, device) -> None:
-    """Load the weights of the policy checkpoint at ``path`` into ``net`` (same network)."""
+def init_weights(net: PolicyNet, path, device) -> dict:
+    """Load the weights of the policy checkpoint at ``path`` into ``net`` (same network);
+    return the checkpoint."""
     from .driver import load_policy
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"--init: {path} does not exist")
-    source, _ = load_policy(path, device)
+    source, ckpt = load_policy(path, device)
     if source.config != net.config:
         raise UserError(f"--init: {path} holds a different network ({source.config}); "
                         f"this preset trains {net.config}")
     net.load_state_dict(source.state_dict())
+    return ckpt
 
 
 def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> PolicyPreset:
@@ -675,6 +682,11 @@ def _with_teacher_options(cfg: TrainPolicyConfig, preset: PolicyPreset) -> Polic
     if sum(getattr(t, name) for name in shares) > 1.0:
         raise UserError("--evade-share, --merge-share and --brake-share must add up to at most 1, got "
                         + ", ".join(str(getattr(t, name)) for name in shares))
+    if cfg.teacher_windows:
+        if cfg.method == "teach" or t.teacher is None:
+            raise UserError("--teacher-windows applies with --teacher beside another method's costs")
+        if not cfg.init:
+            raise UserError("--teacher-windows takes the windows of the --init policy's training: give --init")
     if cfg.method == "teach":
         t = dataclasses.replace(t, collect_every=cfg.collect_every or t.collect_every)
         return dataclasses.replace(preset, teacher=t, val_every=t.collect_every)
@@ -894,8 +906,9 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
     net = PolicyNet(preset.policy).to(device)
     if preset.policy.lane_end_input:
         net.use_road(dataset_road(dataset.manifest), stats)
-    if cfg.init and resume_ckpt is None:
-        init_weights(net, cfg.init, device)
+    init_ckpt = init_weights(net, cfg.init, device) if cfg.init and resume_ckpt is None else None
+    if cfg.teacher_windows and init_ckpt is not None and not (init_ckpt.get("teacher") or {}).get("records"):
+        raise UserError(f"--teacher-windows: {cfg.init} was not trained with a teacher (no collections kept)")
     opt = torch.optim.Adam(net.parameters(), lr=preset.lr)
     n_pred = 1 if cfg.method in ("il", "teach") else preset.horizon
     sampler = sampler_factory(n_pred, cfg.seed)
@@ -943,6 +956,12 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
                 print(f"replaying the {len(resume_ckpt['teacher']['records'])} collection(s) of {teacher.teacher}'s "
                       f"labels", flush=True)
             teacher_data.load_state(resume_ckpt["teacher"])
+    elif cfg.teacher_windows:
+        if not cfg.quiet:
+            print(f"replaying the {len(init_ckpt['teacher']['records'])} collection(s) of {cfg.init}'s training, "
+                  f"labelled by {teacher.teacher}", flush=True)
+        teacher_data.inherit(init_ckpt["teacher"])
+    init_ckpt = None  # (its collections are kept in teacher_data)
 
     def payload(val=None) -> dict:
         return {
@@ -989,7 +1008,7 @@ def train_policy(cfg: TrainPolicyConfig, preset: Optional[PolicyPreset] = None) 
         if preset.lr_decay:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(preset.lr, progress.step, total_steps)
-        if teacher_data is not None and len(teacher_data.records) <= progress.step // teacher.collect_every:
+        if teacher_data is not None and teacher_data.own <= progress.step // teacher.collect_every:
             collect()
         if cfg.method == "teach":
             with autocast(device, dtype):

@@ -1572,6 +1572,55 @@ def test_teacher_beside_the_costs_adds_its_weighted_imitation(trained, tmp_path)
     assert any(not torch.equal(x, y) for x, y in zip(plain.state_dict().values(), nets[1.0].state_dict().values()))
 
 
+def test_teacher_windows_start_the_imitation_from_the_init_policys_collections(trained, tmp_path):
+    """--teacher-windows: mpur from a taught network replays the 2 collections of its
+    training (the same actions, relabelled), then collects with the policy at steps 0 and 3
+    on episodes of its own; stopped after its first collection and resumed, it collects at
+    step 3 all the same and ends with the same weights. Without --init, from a network
+    trained without a teacher, or for teach itself, it is refused."""
+    from data.dataset import Dataset
+    from policy.driver import load_policy
+    from policy.teacher import TeacherData
+    from policy.train import TrainPolicyConfig, dataset_scene, train_policy
+    from traffic_sim.cli_util import UserError
+
+    taught = train_policy(TrainPolicyConfig(method="teach", preset="tiny", steps=12, quiet=True, val_episodes=0,
+                                            dataset=str(trained["dataset"]), out=str(tmp_path / "teach")))
+    inherited = load_policy(taught)[1]["teacher"]["records"]
+    assert len(inherited) == 2
+    common = dict(method="mpur", preset="tiny", quiet=True, model=str(trained["deterministic"]), val_episodes=0,
+                  separate_ego=True, init=str(taught), teacher="follow-evade", teacher_episodes=4,
+                  collect_every=3, teacher_windows=True)
+    full = train_policy(TrainPolicyConfig(out=str(tmp_path / "full"), steps=5, **common))
+    a, ckpt = load_policy(full / "checkpoint.pt")
+    records = ckpt["teacher"]["records"]
+    assert ckpt["teacher"]["inherited"] == 2 and len(records) == 4
+    for r, q in zip(records, inherited):
+        assert torch.equal(r["tracks"], q["tracks"]) and torch.equal(r["actions"], q["actions"])
+    assert [bool(r["teacher_drives"]) for r in records] == [True, False, False, False]
+    scene = dataset_scene(Dataset.open(trained["dataset"]))
+    fresh = TeacherData(scene, ckpt["stats"], 20, "follow-evade", 0)
+    for k in (2, 3):  # the episodes of the 3rd and 4th collections, not those of the 1st and 2nd
+        assert np.array_equal(records[k]["tracks"].numpy(), fresh.tracks_for(k, 4))
+    part = train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=2, **common))
+    assert len(load_policy(part / "checkpoint.pt")[1]["teacher"]["records"]) == 3
+    train_policy(TrainPolicyConfig(out=str(tmp_path / "part"), steps=5, resume=True, **common))
+    b, resumed = load_policy(part / "checkpoint.pt")
+    assert len(resumed["teacher"]["records"]) == 4
+    assert_same_weights(a, b)
+
+    untaught = train_policy(TrainPolicyConfig(method="vg", preset="tiny", quiet=True, val_episodes=0, steps=1,
+                                              model=str(trained["deterministic"]), separate_ego=True,
+                                              out=str(tmp_path / "vg")))
+    for cfg, message in ((dict(common, init=None), "give --init"),
+                         (dict(common, init=str(untaught)), "not trained with a teacher"),
+                         (dict(common, method="teach", model=None, separate_ego=None, teacher_episodes=None,
+                               collect_every=None), "beside another method's costs")):
+        with pytest.raises(UserError, match=message):
+            train_policy(TrainPolicyConfig(out=str(tmp_path / "x"), **cfg))
+    assert not (tmp_path / "x").exists()
+
+
 def test_teacher_options_are_checked(trained, tmp_path):
     from policy.train import TrainPolicyConfig, train_policy
     from traffic_sim.cli_util import UserError
